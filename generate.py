@@ -1,0 +1,155 @@
+"""Greedy generation over a lowered graph (no cache, or static cache), and the Hugging Face reference.
+
+Every loop is split into prefill and decode so that benchmarks can time them apart. All loops
+are greedy; outside benchmark mode each sequence stops at EOS and is padded afterwards, as
+Hugging Face's generate does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.fx import GraphModule
+
+from static_cache_common import cache_inputs
+
+
+@dataclass
+class StopRule:
+    """EOS handling: with `stop_on_eos` off (benchmarks) every sequence runs the full length."""
+
+    eos_token_ids: list[int]
+    pad_token_id: int
+    stop_on_eos: bool = True
+    finished: torch.Tensor | None = field(default=None, repr=False)
+
+    def apply(self, next_token: torch.Tensor) -> torch.Tensor:
+        """Pad sequences that already ended; mark the ones that end now."""
+        if not self.stop_on_eos or not self.eos_token_ids:
+            return next_token
+        if self.finished is None:
+            self.finished = torch.zeros_like(next_token, dtype=torch.bool)
+        next_token = torch.where(self.finished, torch.full_like(next_token, self.pad_token_id), next_token)
+        eos = torch.tensor(self.eos_token_ids, device=next_token.device)
+        self.finished = self.finished | torch.isin(next_token, eos)
+        return next_token
+
+    def all_done(self) -> bool:
+        return self.stop_on_eos and self.finished is not None and bool(self.finished.all())
+
+
+def positions(start: int, end: int, batch_size: int, device) -> torch.Tensor:
+    return torch.arange(start, end, device=device).unsqueeze(0).expand(batch_size, -1)  # [B, end - start]
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, -1].argmax(dim=-1)  # [B]
+
+
+# ------------------------------------------------------------------------------------ no cache
+
+
+def generate_no_cache(model: Callable, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
+                      on_first_token: Callable[[], None] | None = None) -> torch.Tensor:
+    """Feed the whole sequence at every step: [B, T] -> [B, T + generated]."""
+    tokens = input_ids
+    batch_size = input_ids.shape[0]
+    for step in range(num_tokens):
+        logits = model(tokens, positions(0, tokens.shape[1], batch_size, tokens.device))[0]  # [B, T, V]
+        next_token = stop.apply(greedy(logits))
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        if step == 0 and on_first_token is not None:
+            on_first_token()
+        if stop.all_done():
+            break
+    return tokens
+
+
+# -------------------------------------------------------------------------------- static cache
+
+
+def allocate_caches(gm: GraphModule, batch_size: int, max_seq_len: int, dtype: torch.dtype,
+                    device) -> list[torch.Tensor]:
+    """Zeroed K/V caches, one per cache input of the lowered graph, shaped as that input says."""
+    caches = []
+    for node in cache_inputs(gm):
+        _, kv_heads, _, head_dim = node.meta["val"].shape
+        caches.append(torch.zeros(batch_size, kv_heads, max_seq_len, head_dim, dtype=dtype, device=device))
+    return caches  # each [B, Hkv, max_seq_len, D]
+
+
+def forward_with_cache(model: Callable, input_ids: torch.Tensor, caches: list[torch.Tensor],
+                       start: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run tokens at positions start..start+L through a static-cache graph; returns logits and new caches."""
+    batch_size, length = input_ids.shape[:2]
+    end = start + length
+    outputs = model(input_ids, positions(start, end, batch_size, input_ids.device), *caches, start, end)
+    return outputs[0], list(outputs[1:])
+
+
+def generate_static_cache(model: Callable, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
+                          caches: list[torch.Tensor],
+                          on_first_token: Callable[[], None] | None = None) -> torch.Tensor:
+    """Prefill the prompt into the caches, then decode one token a step: [B, T] -> [B, T + generated]."""
+    logits, caches = forward_with_cache(model, input_ids, caches, 0)
+    next_token = stop.apply(greedy(logits))
+    generated = [next_token]
+    if on_first_token is not None:
+        on_first_token()
+    position = input_ids.shape[1]
+    for _ in range(num_tokens - 1):
+        if stop.all_done():
+            break
+        logits, caches = forward_with_cache(model, next_token[:, None], caches, position)
+        next_token = stop.apply(greedy(logits))
+        generated.append(next_token)
+        position += 1
+    return torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1)
+
+
+# ------------------------------------------------------------------------------ Hugging Face
+
+
+class _FirstTokenStreamer:
+    """Calls back when generate emits its first new token (its first put() carries the prompt)."""
+
+    def __init__(self, on_first_token: Callable[[], None]):
+        self.on_first_token, self.calls = on_first_token, 0
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls == 2:
+            self.on_first_token()
+
+    def end(self):
+        pass
+
+
+def hf_generate(model, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
+                on_first_token: Callable[[], None] | None = None) -> torch.Tensor:
+    """The model's own generate: greedy, with its own KV cache, and nothing else from its generation config.
+
+    A checkpoint's generation_config may ask for sampling or a repetition penalty, and generate fills
+    every field left at its default from it, so a clean greedy config replaces it for the call.
+    """
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=num_tokens,
+        min_new_tokens=0 if stop.stop_on_eos else num_tokens,
+        do_sample=False,
+        eos_token_id=stop.eos_token_ids or None,
+        pad_token_id=stop.pad_token_id,
+    )
+    saved, model.generation_config = model.generation_config, config
+    saved_use_cache, model.config.use_cache = model.config.use_cache, True
+    try:
+        with torch.no_grad():
+            streamer = _FirstTokenStreamer(on_first_token) if on_first_token is not None else None
+            return model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+                                  streamer=streamer)
+    finally:
+        model.generation_config = saved
+        model.config.use_cache = saved_use_cache

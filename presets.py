@@ -1,0 +1,150 @@
+"""Built-in model shapes, so that models can be built with random weights and no download.
+
+`MODEL_CONFIGS` holds the public shapes of every model in the spec's tables, keyed by the
+Hugging Face id; `TINY_PRESETS` holds small random models for tests and demos. `ByteTokenizer`
+stands in for a real tokenizer when that cannot be loaded offline.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PretrainedConfig
+
+
+def _llama3_rope(theta: float, factor: float, original: int = 8192) -> dict:
+    return {
+        "rope_type": "llama3",
+        "rope_theta": theta,
+        "factor": factor,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": original,
+    }
+
+
+def _llama(hidden, inter, layers, heads, kv, vocab, tied, rope, positions, bos, eos, head_dim=None) -> dict:
+    cfg = dict(
+        model_type="llama", hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tied,
+        rope_parameters=rope, max_position_embeddings=positions, bos_token_id=bos, eos_token_id=eos,
+        rms_norm_eps=1e-5,
+    )
+    if head_dim is not None:
+        cfg["head_dim"] = head_dim
+    return cfg
+
+
+def _qwen(model_type, hidden, inter, layers, heads, kv, vocab, tied, positions, head_dim=None) -> dict:
+    cfg = dict(
+        model_type=model_type, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6}, max_position_embeddings=positions,
+        bos_token_id=151643, eos_token_id=151645, rms_norm_eps=1e-6,
+    )
+    if head_dim is not None:
+        cfg["head_dim"] = head_dim
+    return cfg
+
+
+def _gpt2(hidden, layers, heads) -> dict:
+    return dict(model_type="gpt2", n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=50257,
+                n_positions=1024, bos_token_id=50256, eos_token_id=50256)
+
+
+def _gemma3(hidden, inter, layers, heads, kv, head_dim, vocab, window, positions, scalar) -> dict:
+    # Five sliding-window layers to each global one, as in the released checkpoints.
+    layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(layers)]
+    return dict(
+        model_type="gemma3_text", hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, vocab_size=vocab,
+        sliding_window=window, layer_types=layer_types, max_position_embeddings=positions,
+        query_pre_attn_scalar=scalar, tie_word_embeddings=True, bos_token_id=2, eos_token_id=[1, 106],
+        pad_token_id=0,
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        },
+    )
+
+
+# Public shapes (hidden / intermediate / layers / heads / KV heads / vocab ...), keyed by Hugging Face id.
+MODEL_CONFIGS: dict[str, dict] = {
+    "gpt2": _gpt2(768, 12, 12),
+    "gpt2-medium": _gpt2(1024, 24, 16),
+    "meta-llama/Llama-2-7b-chat-hf": _llama(4096, 11008, 32, 32, 32, 32000, False,
+                                            {"rope_type": "default", "rope_theta": 1e4}, 4096, 1, 2),
+    "meta-llama/Llama-3.1-8B-Instruct": _llama(4096, 14336, 32, 32, 8, 128256, False, _llama3_rope(5e5, 8.0),
+                                               131072, 128000, [128001, 128008, 128009]),
+    "meta-llama/Llama-3.2-1B-Instruct": _llama(2048, 8192, 16, 32, 8, 128256, True, _llama3_rope(5e5, 32.0),
+                                               131072, 128000, [128001, 128008, 128009]),
+    "meta-llama/Llama-3.2-3B-Instruct": _llama(3072, 8192, 28, 24, 8, 128256, True, _llama3_rope(5e5, 32.0),
+                                               131072, 128000, [128001, 128008, 128009]),
+    "Qwen/Qwen2.5-0.5B-Instruct": _qwen("qwen2", 896, 4864, 24, 14, 2, 151936, True, 32768),
+    "Qwen/Qwen2.5-1.5B-Instruct": _qwen("qwen2", 1536, 8960, 28, 12, 2, 151936, True, 32768),
+    "Qwen/Qwen2.5-3B-Instruct": _qwen("qwen2", 2048, 11008, 36, 16, 2, 151936, True, 32768),
+    "Qwen/Qwen2.5-7B-Instruct": _qwen("qwen2", 3584, 18944, 28, 28, 4, 152064, False, 32768),
+    "Qwen/Qwen3-0.6B": _qwen("qwen3", 1024, 3072, 28, 16, 8, 151936, True, 40960, head_dim=128),
+    "Qwen/Qwen3-1.7B": _qwen("qwen3", 2048, 6144, 28, 16, 8, 151936, True, 40960, head_dim=128),
+    "Qwen/Qwen3-4B": _qwen("qwen3", 2560, 9728, 36, 32, 8, 151936, True, 40960, head_dim=128),
+    "Qwen/Qwen3-8B": _qwen("qwen3", 4096, 12288, 36, 32, 8, 151936, False, 40960, head_dim=128),
+    "google/gemma-3-1b-it": _gemma3(1152, 6912, 26, 4, 1, 256, 262144, 512, 32768, 256),
+}
+
+# Small random models: two or more layers, GQA where the family has it, a vocabulary that covers
+# the byte tokenizer. tiny-gemma3's window (8) is shorter than the sequences its tests use.
+TINY_PRESETS: dict[str, dict] = {
+    "tiny-gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=256,
+                      bos_token_id=256, eos_token_id=257),
+    "tiny-llama": _llama(64, 128, 2, 4, 2, 512, False, _llama3_rope(5e5, 8.0, 64), 256, 256, 257),
+    "tiny-qwen2": {**_qwen("qwen2", 64, 128, 2, 4, 2, 512, True, 256), "bos_token_id": 256, "eos_token_id": 257},
+    "tiny-qwen3": {**_qwen("qwen3", 64, 128, 2, 4, 2, 512, True, 256, head_dim=32),
+                   "bos_token_id": 256, "eos_token_id": 257},
+    "tiny-gemma3": {**_gemma3(64, 128, 3, 4, 2, 16, 512, 8, 256, 16),
+                    "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+                    "bos_token_id": 256, "eos_token_id": 257, "pad_token_id": 258},
+}
+
+
+def is_tiny_preset(name: str) -> bool:
+    return name in TINY_PRESETS
+
+
+def builtin_config(name: str) -> PretrainedConfig | None:
+    """The config of a tiny preset or a known Hub id, built offline; None when the name is not known."""
+    spec = TINY_PRESETS.get(name) or MODEL_CONFIGS.get(name)
+    if spec is None:
+        return None
+    spec = dict(spec)
+    return AutoConfig.for_model(spec.pop("model_type"), **spec)
+
+
+class ByteTokenizer:
+    """A byte-level tokenizer: ids 0-255 are UTF-8 bytes; other ids are shown as <|id|>.
+
+    It stands in for the model's own tokenizer where that cannot be loaded (tiny presets,
+    --random_weights with no network), so prompts and generated ids can still be shown as text.
+    """
+
+    def __init__(self, bos_token_id: int | None, eos_token_id: int | list[int] | None, pad_token_id: int | None):
+        self.bos_token_id = bos_token_id
+        eos = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
+        self.eos_token_ids = [e for e in eos if e is not None]
+        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
+        self.pad_token_id = pad_token_id if pad_token_id is not None else self.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        prefix = [self.bos_token_id] if self.bos_token_id is not None else []
+        return prefix + list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        out, pending = [], bytearray()
+        for token in ids:
+            if token < 256:
+                pending.append(token)
+                continue
+            out.append(pending.decode("utf-8", errors="replace"))
+            pending = bytearray()
+            special = token in (self.bos_token_id, self.pad_token_id, *self.eos_token_ids)
+            if not (skip_special_tokens and special):
+                out.append(f"<|{token}|>")
+        out.append(pending.decode("utf-8", errors="replace"))
+        return "".join(out)

@@ -1,0 +1,107 @@
+"""Compile a Hugging Face LLM and compare it with PyTorch, or benchmark it.
+
+    python run_llm.py --model meta-llama/Llama-3.2-1B-Instruct --backend sdpa \\
+        --prompt "What is parallel programming?" --precision FP16 --num_tokens 30 --enable_pytorch_run
+    python run_llm.py --model meta-llama/Llama-3.2-1B-Instruct --cache static_v2 --precision FP16 \\
+        --benchmark --iterations 5 --isl 128 --num_tokens 20 --enable_pytorch_run
+    python run_llm.py --model tiny-llama --compiler eager --cache static_v2 --precision FP32 \\
+        --num_tokens 24 --enable_pytorch_run          # CPU only, no download
+
+Stages: load the model, export it, lower it (register_sdpa, then the --cache pass), compile the
+lowered graph with --compiler, generate greedily, and report against Hugging Face's own generate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import plugin_utils
+from benchmark import device_sync, format_table, run_benchmark, write_json
+from generate import StopRule, allocate_caches, generate_no_cache, generate_static_cache, hf_generate
+from utils import (COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, check_positions,
+                   compile_lowered, encode, eos_token_ids, export_llm, load_config, load_model, load_tokenizer,
+                   lower, pad_token_id, print_generation, print_match, run_main, validate_common_arguments)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="run_llm.py", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_common_arguments(parser, default_model="meta-llama/Llama-3.2-1B-Instruct",
+                         default_prompt="What is parallel programming?")
+    backend = parser.add_argument_group("backend")
+    backend.add_argument("--backend", default="sdpa", choices=["sdpa", "plugin"],
+                         help="sdpa: canonical attention with --cache passes; plugin: Edge-LLM AttentionPlugin")
+    backend.add_argument("--plugin_path", default=None,
+                         help=f"plugin library; defaults to ${plugin_utils.PLUGIN_PATH_ENV}, "
+                              f"then {plugin_utils.DEFAULT_PLUGIN_PATH}")
+    return parser
+
+
+def input_ids_for(args: argparse.Namespace, tokenizer, config) -> torch.Tensor:
+    """[B, T]: random tokens of length --isl in benchmark mode, else the prompt once per row."""
+    if args.benchmark:
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, config.vocab_size, (args.batch_size, args.isl), generator=generator)
+    else:
+        ids = torch.tensor(encode(tokenizer, args.prompt)).unsqueeze(0).expand(args.batch_size, -1)
+    return ids.to(args.device)
+
+
+def main(args: argparse.Namespace) -> None:
+    validate_common_arguments(args)
+    if args.backend == "plugin":
+        plugin_utils.check_plugin_backend(args)
+    config = load_config(args)
+    tokenizer = load_tokenizer(args, config)
+    input_ids = input_ids_for(args, tokenizer, config)
+    max_seq_len = input_ids.shape[1] + args.num_tokens
+    check_positions(config, max_seq_len, "input length + --num_tokens")
+
+    model = load_model(args, config)
+    eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
+    label = COMPILER_LABELS[args.compiler]
+
+    start = time.perf_counter()
+    lowered = lower(export_llm(model, args.batch_size, max_seq_len), args.cache, max_seq_len)
+    compiled = compile_lowered(lowered, args)
+    build_seconds = time.perf_counter() - start
+
+    def run_compiled(on_first_token=None) -> torch.Tensor:
+        stop = StopRule(eos, pad, stop_on_eos=not args.benchmark)
+        with torch.no_grad():
+            if not args.cache:
+                return generate_no_cache(compiled, input_ids, args.num_tokens, stop, on_first_token)
+            caches = allocate_caches(lowered, args.batch_size, max_seq_len, DTYPES[args.precision], args.device)
+            return generate_static_cache(compiled, input_ids, args.num_tokens, stop, caches, on_first_token)
+
+    def run_pytorch(on_first_token=None) -> torch.Tensor:
+        return hf_generate(model, input_ids, args.num_tokens, StopRule(eos, pad, stop_on_eos=not args.benchmark),
+                           on_first_token)
+
+    if not args.benchmark:
+        reference = None
+        if args.enable_pytorch_run:
+            reference = run_pytorch()
+            print_generation("PyTorch", tokenizer.decode(reference[0].tolist(), skip_special_tokens=True))
+        tokens = run_compiled()
+        print_generation(label, tokenizer.decode(tokens[0].tolist(), skip_special_tokens=True))
+        if reference is not None:
+            print_match(label, reference, tokens)
+        return
+
+    sync = device_sync(args.device)
+    results = {}
+    if args.enable_pytorch_run:
+        results["PyTorch"] = run_benchmark(run_pytorch, sync, args.iterations, args.batch_size, args.num_tokens)
+    results[label] = run_benchmark(run_compiled, sync, args.iterations, args.batch_size, args.num_tokens)
+    setup = RunSetup.from_args(args)
+    print(format_table(setup, results))
+    if args.output_json:
+        write_json(args.output_json, setup, results, {"build_seconds": build_seconds})
+
+
+if __name__ == "__main__":
+    run_main(main, build_parser())
