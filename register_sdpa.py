@@ -34,18 +34,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, c
               sliding_window: int | None = None) -> torch.Tensor:
     """The canonical attention node: see the module docstring for its semantics."""
     q_len, kv_len = q.shape[-2], k.shape[-2]
-    gqa = q.shape[1] != k.shape[1]
-    if not causal:
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
-    if sliding_window is None and q_len == kv_len:
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-    mask = causal_mask(q_len, kv_len, sliding_window, q.device)  # [L, S]
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    sdpa_kwargs = {"scale": scale, "enable_gqa": q.shape[1] != k.shape[1]}
+    if causal and sliding_window is None and q_len == kv_len:
+        sdpa_kwargs["is_causal"] = True
+    elif causal:
+        sdpa_kwargs["attn_mask"] = causal_mask(q_len, kv_len, sliding_window, q.device)  # [L, S]
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, **sdpa_kwargs)
+    return _heads_inner(out)
 
 
 @attention.register_fake
 def _(q, k, v, scale, causal, sliding_window=None):
-    return torch.empty_like(q, memory_format=torch.contiguous_format)
+    return _heads_inner(torch.empty_like(q))
+
+
+def _heads_inner(out: torch.Tensor) -> torch.Tensor:
+    """[B, H, L, D] stored as [B, L, H, D], the layout sdpa's kernels return and the graph views it in."""
+    return out.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def causal_mask(q_len: int, kv_len: int, sliding_window: int | None, device=None) -> torch.Tensor:
