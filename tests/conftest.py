@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny models built offline, and their lowered graphs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from utils import export_llm, load_config, load_model, lower  # noqa: E402
+
+FAMILIES = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+_models: dict = {}
+
+
+def tiny_model(name: str, device: str = "cpu", precision: str = "FP32"):
+    """A tiny preset model (built once per name, device and precision)."""
+    key = (name, device, precision)
+    if key not in _models:
+        args = argparse.Namespace(model=name, random_weights=False, precision=precision, device=device, tokenizer=None)
+        _models[key] = load_model(args, load_config(args))
+    return _models[key]
+
+
+def lowered_graph(model, batch_size: int, max_seq_len: int, cache: str):
+    return lower(export_llm(model, batch_size, max_seq_len), cache, max_seq_len)
+
+
+def prompt_ids(model, batch_size: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Random prompt rows (distinct per row) over the byte range, on the model's device."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 256, (batch_size, length), generator=generator)
+    return ids.to(next(model.parameters()).device)
