@@ -17,7 +17,9 @@ length; any other mask (padding, packed sequences) is left in place with its sdp
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 import torch
 from torch.fx import GraphModule, Node
 
@@ -197,3 +199,24 @@ def register_sdpa(gm: GraphModule) -> GraphModule:
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+def _register_with_torch_tensorrt() -> None:
+    """Also run this pass inside torch_tensorrt.dynamo.compile, where Torch-TensorRT can serve.
+
+    It is registered when torch_tensorrt is already imported, or is installed and a GPU is there to
+    import it on. The pass is idempotent, so graphs lowered beforehand go through unchanged.
+    """
+    usable = "torch_tensorrt" in sys.modules or (
+        importlib.util.find_spec("torch_tensorrt") is not None and torch.cuda.is_available())
+    if not usable:
+        return
+    from torch_tensorrt.dynamo.lowering.passes._aten_lowering_pass import _aten_lowering_pass
+
+    def register_sdpa_pass(gm: GraphModule, settings) -> GraphModule:
+        return register_sdpa(gm)
+
+    _aten_lowering_pass(index=0)(register_sdpa_pass)
+
+
+_register_with_torch_tensorrt()

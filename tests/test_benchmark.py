@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import benchmark
 from benchmark import Iteration, metrics, summarize, time_generation
 
 
@@ -32,14 +33,8 @@ def test_metrics_from_synthetic_iterations():
     assert result["e2e_tokens_per_s"]["median"] == pytest.approx(22 / 0.160)
 
 
-def test_time_generation_splits_at_the_first_token():
+def test_time_generation_splits_at_the_first_token(monkeypatch):
     clock = iter([1.0, 1.25, 2.0])  # start, first token, end
-    import benchmark
-
-    original = benchmark.time.perf_counter
-    benchmark.time.perf_counter = lambda: next(clock)
-    try:
-        iteration = time_generation(lambda on_first_token: on_first_token(), lambda: None)
-    finally:
-        benchmark.time.perf_counter = original
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    iteration = time_generation(lambda on_first_token: on_first_token(), lambda: None)
     assert iteration == Iteration(ttft_s=0.25, total_s=1.0)
