@@ -207,7 +207,7 @@ def _register_with_torch_tensorrt() -> None:
     It is registered when torch_tensorrt is already imported, or is installed and a GPU is there to
     import it on. The pass is idempotent, so graphs lowered beforehand go through unchanged.
     """
-    usable = "torch_tensorrt" in sys.modules or (
+    usable = sys.modules.get("torch_tensorrt") is not None or (
         importlib.util.find_spec("torch_tensorrt") is not None and torch.cuda.is_available())
     if not usable:
         return

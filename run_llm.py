@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     lowered = lower(export_llm(model, args.batch_size, max_seq_len), args.cache, max_seq_len)
-    compiled = compile_lowered(lowered, args)
+    compiled = compile_lowered(lowered, args, max_seq_len)
     build_seconds = time.perf_counter() - start
 
     def run_compiled(on_first_token=None) -> torch.Tensor:

@@ -214,6 +214,25 @@ def _no_packed_sequences():
         yield
 
 
+def plain_graph_module(program: torch.export.ExportedProgram) -> GraphModule:
+    """The program as a plain GraphModule: positional inputs, a flat tuple of outputs, no input guards.
+
+    Passes add inputs and outputs to it, which the exported program's pytree signature and its
+    shape-guard submodule would refuse.
+    """
+    unlifted = program.module()
+    for node in list(unlifted.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            unlifted.graph.erase_node(node)
+    gm = GraphModule(unlifted, unlifted.graph)
+    gm.graph._codegen = CodeGen()
+    output = gm.graph.find_nodes(op="output")[0]
+    flat = output.args[0]
+    output.args = (tuple(flat) if isinstance(flat, (list, tuple)) else (flat,),)
+    gm.recompile()
+    return gm
+
+
 def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds: bool = False) -> GraphModule:
     """torch.export of model(input_ids|inputs_embeds, position_ids) -> (logits,), dynamic in sequence length.
 
@@ -240,16 +259,7 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
         decompositions = torch.export.default_decompositions()
         decompositions.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
         program = program.run_decompositions(decompositions)
-    # A plain GraphModule (no pytree input checks) with positional inputs and a flat tuple of
-    # outputs, so that passes can add inputs and outputs.
-    unlifted = program.module()
-    gm = GraphModule(unlifted, unlifted.graph)
-    gm.graph._codegen = CodeGen()
-    output = gm.graph.find_nodes(op="output")[0]
-    flat = output.args[0]
-    output.args = (tuple(flat) if isinstance(flat, (list, tuple)) else (flat,),)
-    gm.recompile()
-    return gm
+    return plain_graph_module(program)
 
 
 def lower(gm: GraphModule, cache: str, max_seq_len: int) -> GraphModule:
@@ -263,7 +273,7 @@ def lower(gm: GraphModule, cache: str, max_seq_len: int) -> GraphModule:
 # -------------------------------------------------------------------------------------- compile
 
 
-def compile_lowered(gm: GraphModule, args: argparse.Namespace) -> Callable:
+def compile_lowered(gm: GraphModule, args: argparse.Namespace, max_seq_len: int) -> Callable:
     """Compile the lowered graph with the chosen compiler; all three take the same graph."""
     if args.compiler == "eager":
         return gm
@@ -272,7 +282,7 @@ def compile_lowered(gm: GraphModule, args: argparse.Namespace) -> Callable:
         return torch.compile(gm, dynamic=True, mode=mode)
     from compile_tensorrt import compile_with_tensorrt
 
-    return compile_with_tensorrt(gm, args)
+    return compile_with_tensorrt(gm, args, args.batch_size, max_seq_len)
 
 
 # --------------------------------------------------------------------------------------- report

@@ -1,0 +1,139 @@
+"""Torch-TensorRT converter for the canonical attention node of register_sdpa.py.
+
+It builds the attention out of plain TensorRT layers, with dynamic query and key lengths:
+
+    q [B, Hq, L, D] -> [B, Hkv, G, L, D]       (G = Hq / Hkv query heads per K/V head)
+    k, v [B, Hkv, S, D] -> [B, Hkv, 1, S, D]   (broadcast over G: repeated K/V are never materialised)
+    scores = q @ k^T * scale                   [B, Hkv, G, L, S]
+    hidden where j > i + S - L  (bottom-right causal), or j <= i + S - L - window (sliding window)
+    out = softmax(scores) @ v -> [B, Hq, L, D]
+
+With FP16 inputs and `use_fp32_acc` set, the whole attention runs in FP32 and is cast back.
+Importing this module registers the converter; it needs torch_tensorrt.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorrt as trt
+import torch
+from torch_tensorrt.dynamo.conversion._ConversionContext import ConversionContext
+from torch_tensorrt.dynamo.conversion._ConverterRegistry import ConverterPriority, dynamo_tensorrt_converter
+
+import register_sdpa  # noqa: F401  (defines torch.ops.llm_tools.attention)
+
+ATTENTION = torch.ops.llm_tools.attention.default
+
+
+def _constant(ctx: ConversionContext, name: str, value: np.ndarray) -> trt.ITensor:
+    layer = ctx.net.add_constant(value.shape, trt.Weights(np.ascontiguousarray(value)))
+    layer.name = name
+    return layer.get_output(0)
+
+
+def _reshape(ctx: ConversionContext, name: str, tensor: trt.ITensor, dims: tuple[int, ...]) -> trt.ITensor:
+    layer = ctx.net.add_shuffle(tensor)
+    layer.reshape_dims = dims  # one -1: the dynamic length
+    layer.name = name
+    return layer.get_output(0)
+
+
+def _cast(ctx: ConversionContext, name: str, tensor: trt.ITensor, dtype: trt.DataType) -> trt.ITensor:
+    if tensor.dtype == dtype:
+        return tensor
+    layer = ctx.net.add_cast(tensor, dtype)
+    layer.name = name
+    return layer.get_output(0)
+
+
+def _elementwise(ctx: ConversionContext, name: str, a: trt.ITensor, b: trt.ITensor,
+                 op: trt.ElementWiseOperation) -> trt.ITensor:
+    layer = ctx.net.add_elementwise(a, b, op)
+    layer.name = name
+    return layer.get_output(0)
+
+
+def _dim(ctx: ConversionContext, name: str, tensor: trt.ITensor, axis: int) -> trt.ITensor:
+    """tensor.shape[axis] as an integer [1] shape tensor."""
+    shape = ctx.net.add_shape(tensor)
+    shape.name = f"{name}_shape"
+    gather = ctx.net.add_gather(shape.get_output(0), _constant(ctx, f"{name}_axis", np.array([axis], np.int32)), 0)
+    gather.name = f"{name}_gather"
+    return gather.get_output(0)
+
+
+def _positions(ctx: ConversionContext, name: str, length: trt.ITensor) -> trt.ITensor:
+    """float32 [n] = 0, 1, ..., n - 1 (positions stay exact in float32 up to 2**24)."""
+    start = _constant(ctx, f"{name}_start", np.array(0.0, dtype=np.float32))
+    step = _constant(ctx, f"{name}_step", np.array([1.0], dtype=np.float32))
+    fill = ctx.net.add_fill(trt.Dims([1]), trt.FillOperation.LINSPACE, trt.float32)
+    fill.set_input(0, length)
+    fill.set_input(1, start)
+    fill.set_input(2, step)
+    fill.name = f"{name}_arange"
+    return fill.get_output(0)
+
+
+def _hidden_mask(ctx: ConversionContext, name: str, q5: trt.ITensor, k5: trt.ITensor,
+                 window: int | None) -> trt.ITensor:
+    """bool [1, 1, 1, L, S]: True where query i may NOT see key j (bottom-right causal, optional window)."""
+    q_len, kv_len = _dim(ctx, f"{name}_L", q5, 3), _dim(ctx, f"{name}_S", k5, 3)
+    rows = _reshape(ctx, f"{name}_rows", _positions(ctx, f"{name}_i", q_len), (1, 1, 1, -1, 1))  # [.., L, 1]
+    cols = _reshape(ctx, f"{name}_cols", _positions(ctx, f"{name}_j", kv_len), (1, 1, 1, 1, -1))  # [.., 1, S]
+    offset = _elementwise(ctx, f"{name}_offset", _cast(ctx, f"{name}_S_float", kv_len, trt.float32),
+                          _cast(ctx, f"{name}_L_float", q_len, trt.float32), trt.ElementWiseOperation.SUB)
+    offset = _reshape(ctx, f"{name}_offset5", offset, (1, 1, 1, 1, 1))  # S - L
+    last_visible = _elementwise(ctx, f"{name}_last", rows, offset, trt.ElementWiseOperation.SUM)  # i + S - L
+    hidden = _elementwise(ctx, f"{name}_future", cols, last_visible, trt.ElementWiseOperation.GREATER)
+    if window is not None:
+        first_visible = _elementwise(ctx, f"{name}_first", last_visible,
+                                     _constant(ctx, f"{name}_window", np.full((1,) * 5, window - 1, np.float32)),
+                                     trt.ElementWiseOperation.SUB)  # i + S - L - window + 1
+        too_old = _elementwise(ctx, f"{name}_old", cols, first_visible, trt.ElementWiseOperation.LESS)
+        hidden = _elementwise(ctx, f"{name}_hidden", hidden, too_old, trt.ElementWiseOperation.OR)
+    return hidden
+
+
+def attention_layers(ctx: ConversionContext, name: str, q: trt.ITensor, k: trt.ITensor, v: trt.ITensor,
+                     scale: float, causal: bool, window: int | None, fp32_acc: bool) -> trt.ITensor:
+    """Add the canonical attention to ctx.net; returns out [B, Hq, L, D] in q's dtype."""
+    batch, q_heads, _, head_dim = q.shape
+    kv_heads = k.shape[1]
+    groups = q_heads // kv_heads
+    out_dtype = q.dtype
+    compute = trt.float32 if fp32_acc else out_dtype
+    q = _cast(ctx, f"{name}_q_acc", q, compute)
+    k = _cast(ctx, f"{name}_k_acc", k, compute)
+    v = _cast(ctx, f"{name}_v_acc", v, compute)
+
+    q5 = _reshape(ctx, f"{name}_q5", q, (batch, kv_heads, groups, -1, head_dim))  # [B, Hkv, G, L, D]
+    k5 = _reshape(ctx, f"{name}_k5", k, (batch, kv_heads, 1, -1, head_dim))  # [B, Hkv, 1, S, D]
+    v5 = _reshape(ctx, f"{name}_v5", v, (batch, kv_heads, 1, -1, head_dim))
+
+    qk = ctx.net.add_matrix_multiply(q5, trt.MatrixOperation.NONE, k5, trt.MatrixOperation.TRANSPOSE)
+    qk.name = f"{name}_qk"
+    np_dtype = np.float32 if compute == trt.float32 else (np.float16 if compute == trt.float16 else np.float32)
+    scores = _elementwise(ctx, f"{name}_scale", qk.get_output(0),
+                          _constant(ctx, f"{name}_scale_value", np.full((1,) * 5, scale, dtype=np_dtype)),
+                          trt.ElementWiseOperation.PROD)  # [B, Hkv, G, L, S]
+    if causal:
+        hidden = _hidden_mask(ctx, name, q5, k5, window)  # [1, 1, 1, L, S]
+        neg_inf = _constant(ctx, f"{name}_neg_inf", np.full((1,) * 5, -np.inf, dtype=np_dtype))
+        select = ctx.net.add_select(hidden, neg_inf, scores)
+        select.name = f"{name}_masked"
+        scores = select.get_output(0)
+    softmax = ctx.net.add_softmax(scores)
+    softmax.axes = 1 << 4
+    softmax.name = f"{name}_softmax"
+    pv = ctx.net.add_matrix_multiply(softmax.get_output(0), trt.MatrixOperation.NONE, v5, trt.MatrixOperation.NONE)
+    pv.name = f"{name}_pv"
+    out = _reshape(ctx, f"{name}_out", pv.get_output(0), (batch, q_heads, -1, head_dim))  # [B, Hq, L, D]
+    return _cast(ctx, f"{name}_out_cast", out, out_dtype)
+
+
+@dynamo_tensorrt_converter(ATTENTION, supports_dynamic_shapes=True, priority=ConverterPriority.HIGH)
+def convert_attention(ctx: ConversionContext, target, args, kwargs, name: str):
+    q, k, v, scale, causal = args[:5]
+    window = args[5] if len(args) > 5 else kwargs.get("sliding_window")
+    fp32_acc = bool(ctx.compilation_settings.use_fp32_acc) and q.dtype == trt.float16
+    return attention_layers(ctx, name, q, k, v, float(scale), bool(causal), window, fp32_acc)

@@ -1,0 +1,97 @@
+"""sdpa_converter: the TensorRT layers it emits, evaluated layer by layer, against the canonical node."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_register_sdpa import CASES, _qkv
+from trt_helpers import import_torch_tensorrt, network_of
+
+pytestmark = pytest.mark.tensorrt
+
+
+class Attention(torch.nn.Module):
+    def __init__(self, scale, window):
+        super().__init__()
+        self.scale, self.window = scale, window
+
+    def forward(self, q, k, v):
+        return torch.ops.llm_tools.attention(q, k, v, self.scale, True, self.window)
+
+
+def attention_network(q_heads, kv_heads, scale, window, max_len=64):
+    """The network Torch-TensorRT builds for one canonical node, dynamic in L and S (1..max_len)."""
+    torch_tensorrt = import_torch_tensorrt()
+    from utils import plain_graph_module
+
+    q, k, v = _qkv(q_heads, kv_heads, 3, 7)  # example lengths only: the network takes any L, S
+    L, S = torch.export.Dim("L", min=1, max=max_len), torch.export.Dim("S", min=1, max=max_len)
+    program = torch.export.export(Attention(scale, window), (q, k, v), dynamic_shapes=({2: L}, {2: S}, {2: S}))
+    specs = [torch_tensorrt.Input(min_shape=(*t.shape[:2], 1, t.shape[3]), opt_shape=tuple(t.shape),
+                                  max_shape=(*t.shape[:2], max_len, t.shape[3]), dtype=t.dtype) for t in (q, k, v)]
+    return network_of(plain_graph_module(program), specs)
+
+
+def evaluate_attention(network, q, k, v):
+    from trt_reference import evaluate
+
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    (out,) = evaluate(network, dict(zip(names, (q.numpy(), k.numpy(), v.numpy())))).values()
+    return torch.from_numpy(out)
+
+
+def _scale(q, scale):
+    return scale if scale is not None else q.shape[-1] ** -0.5
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_converter_layers_match_canonical_node(case):
+    q_heads, kv_heads, q_len, kv_len, window, scale = CASES[case]
+    q, k, v = _qkv(q_heads, kv_heads, q_len, kv_len)
+    scale = _scale(q, scale)
+    network = attention_network(q_heads, kv_heads, scale, window)
+    expected = torch.ops.llm_tools.attention(q, k, v, scale, True, window)
+    torch.testing.assert_close(evaluate_attention(network, q, k, v), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_one_network_serves_two_lengths():
+    """Dynamic shapes: the same network, evaluated at two query/key lengths."""
+    network = attention_network(8, 2, 0.25, 5)
+    for q_len, kv_len in ((4, 10), (1, 23)):
+        q, k, v = _qkv(8, 2, q_len, kv_len)
+        expected = torch.ops.llm_tools.attention(q, k, v, 0.25, True, 5)
+        torch.testing.assert_close(evaluate_attention(network, q, k, v), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_is_not_materialised():
+    """K/V enter the matrix products Hkv wide: repeated K/V are broadcast, never built."""
+    import tensorrt as trt
+
+    network = attention_network(8, 2, 0.25, None)
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.MATRIX_MULTIPLY:
+            assert layer.get_input(1).shape[1:3] == (2, 1)  # [B, Hkv, 1, S|D, D|S]
+
+
+def test_a_wrong_causal_mask_is_caught(monkeypatch):
+    """The comparison can fail: a top-left causal mask (no S - L offset) breaks chunked prefill."""
+    import tensorrt as trt
+
+    import sdpa_converter
+
+    original = sdpa_converter._elementwise
+
+    def no_offset(ctx, name, a, b, op):
+        if name.endswith("_offset"):  # S - L  ->  L - L = 0
+            return original(ctx, name, b, b, op)
+        return original(ctx, name, a, b, op)
+
+    monkeypatch.setattr(sdpa_converter, "_elementwise", no_offset)
+    network = attention_network(4, 4, 0.25, None)
+    q, k, v = _qkv(4, 4, 5, 12)
+    expected = torch.ops.llm_tools.attention(q, k, v, 0.25, True, None)
+    assert not torch.allclose(evaluate_attention(network, q, k, v), expected, atol=1e-3)
+    assert trt.LayerType.SELECT in [network.get_layer(i).type for i in range(network.num_layers)]
