@@ -1,0 +1,60 @@
+"""Whole models through Torch-TensorRT into serialized engines, on a machine with no GPU (nothing runs)."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+from conftest import lowered_graph, tiny_model
+from trt_helpers import import_torch_tensorrt
+
+pytestmark = [pytest.mark.tensorrt, pytest.mark.slow]
+MAX_SEQ_LEN = 64
+
+
+class _BuiltEngine:
+    """Stands in for the deserialized engine: deserializing needs a GPU; the bytes are already built."""
+
+    def __init__(self, data):
+        self.data = bytes(data)
+
+    def serialize(self):
+        return self.data
+
+    def get_aliased_input_tensor(self, name):
+        return None
+
+
+def build_engine(family: str) -> tuple[bytes, list[str]]:
+    """The serialized engine of a family's lowered no-cache graph, and the targets of every converted node."""
+    torch_tensorrt = import_torch_tensorrt()
+    import tensorrt as trt
+    from torch_tensorrt.dynamo.conversion import _TRTInterpreter
+
+    gm = lowered_graph(tiny_model(family), 1, MAX_SEQ_LEN, "")
+    example = torch.zeros(1, 3, dtype=torch.long)
+    seq = torch.export.Dim("seq", min=1, max=MAX_SEQ_LEN)
+    program = torch.export.export(gm, (example, example), dynamic_shapes=({1: seq}, {1: seq}))
+    converted = []
+    original_run_node = _TRTInterpreter.TRTInterpreter.run_node
+
+    def recording_run_node(self, node):
+        if node.op == "call_function":
+            converted.append(node.target)
+        return original_run_node(self, node)
+
+    with mock.patch.object(trt.Runtime, "deserialize_cuda_engine", lambda self, data: _BuiltEngine(data), create=True), \
+            mock.patch.object(_TRTInterpreter.TRTInterpreter, "run_node", recording_run_node):
+        engine = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
+            program, arg_inputs=[example, example], min_block_size=1)
+    return bytes(engine), converted
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"])
+def test_no_cache_graph_builds_an_engine_with_every_attention_converted(family):
+    engine, converted = build_engine(family)
+    assert len(engine) > 100_000
+    attention = torch.ops.llm_tools.attention.default
+    assert converted.count(attention) == tiny_model(family).config.num_hidden_layers
