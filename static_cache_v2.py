@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch.fx import Graph, GraphModule, Node
 
-from static_cache_common import add_static_cache, cache_inputs, cat_seq, slice_seq, to_end
+from static_cache_common import add_static_cache, register_cache_pass, cat_seq, slice_seq, to_end
 
 
 def _join(graph: Graph, new: Node, cache: Node, start: Node, end: Node) -> tuple[Node, Node]:
@@ -25,16 +25,5 @@ def insert_static_cache_v2(gm: GraphModule, max_seq_len: int) -> GraphModule:
 
 
 def register_with_torch_tensorrt(max_seq_len: int) -> None:
-    """Run this pass inside every later torch_tensorrt.dynamo.compile of this process.
-
-    It is not registered on import: a global cache pass would also add caches to every other
-    graph compiled in the process (a vision tower, say). Graphs that already have caches are left alone.
-    """
-    from torch_tensorrt.dynamo.lowering.passes._aten_lowering_pass import _aten_lowering_pass
-
-    def static_cache_v2_pass(gm: GraphModule, settings) -> GraphModule:
-        if cache_inputs(gm):
-            return gm
-        return insert_static_cache_v2(gm, max_seq_len)
-
-    _aten_lowering_pass(static_cache_v2_pass)
+    """Run this pass inside every later torch_tensorrt.dynamo.compile of this process (see static_cache_common)."""
+    register_cache_pass(lambda gm: insert_static_cache_v2(gm, max_seq_len))

@@ -95,3 +95,12 @@ def test_a_wrong_causal_mask_is_caught(monkeypatch):
     expected = torch.ops.llm_tools.attention(q, k, v, 0.25, True, None)
     assert not torch.allclose(evaluate_attention(network, q, k, v), expected, atol=1e-3)
     assert trt.LayerType.SELECT in [network.get_layer(i).type for i in range(network.num_layers)]
+
+
+def test_register_sdpa_is_a_torch_tensorrt_lowering_pass():
+    import_torch_tensorrt()
+    import register_sdpa
+    from torch_tensorrt.dynamo.lowering.passes import ATEN_POST_LOWERING_PASSES
+
+    register_sdpa._register_with_torch_tensorrt()  # this session imported register_sdpa before torch_tensorrt
+    assert "register_sdpa_pass" in [p.__name__ for p in ATEN_POST_LOWERING_PASSES.passes]
