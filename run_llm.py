@@ -22,7 +22,7 @@ import plugin_utils
 from benchmark import device_sync, format_table, run_benchmark, write_json
 from generate import StopRule, allocate_caches, generate_no_cache, generate_static_cache, hf_generate
 from utils import (COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, check_positions,
-                   compile_lowered, encode, eos_token_ids, export_llm, load_config, load_model, load_tokenizer,
+                   compile_lowered, eos_token_ids, export_llm, load_config, load_model, load_tokenizer,
                    lower, pad_token_id, print_generation, print_match, run_main, validate_common_arguments)
 
 
@@ -46,7 +46,7 @@ def input_ids_for(args: argparse.Namespace, tokenizer, config) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
         ids = torch.randint(0, config.vocab_size, (args.batch_size, args.isl), generator=generator)
     else:
-        ids = torch.tensor(encode(tokenizer, args.prompt)).unsqueeze(0).expand(args.batch_size, -1)
+        ids = torch.tensor(tokenizer.encode(args.prompt)).unsqueeze(0).expand(args.batch_size, -1)
     return ids.to(args.device)
 
 

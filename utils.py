@@ -156,10 +156,6 @@ def _hub_cached(name: str) -> bool:
     return isinstance(try_to_load_from_cache(name, "tokenizer_config.json"), str)
 
 
-def encode(tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text)
-
-
 def eos_token_ids(tokenizer, config) -> list[int]:
     eos = getattr(config, "eos_token_id", None)
     if eos is None:
