@@ -88,7 +88,7 @@ def _strip_repeat_kv(node: Node, num_q_heads: int) -> Node:
 
 
 def _mask_inputs(mask: Node) -> dict[Node, object] | None:
-    """Map each graph input the mask depends on to how it enters: sizes only, or None if by value."""
+    """The mask's sym_size leaves (with their symbolic sizes), or None when it reads an input's values."""
     leaves, stack, seen = {}, [mask], set()
     while stack:
         node = stack.pop()
@@ -150,8 +150,10 @@ def _classify_mask(gm: GraphModule, mask: Node | None, is_causal: bool, max_len:
         return None
     probe = max(2, min(max_len, 1024))
     window = _expected_window(gm, mask, probe, leaves)
-    lengths = sorted({1, 2, 3, min(max_len, 17), probe, max(1, probe - 1)} | ({window - 1, window, window + 1, 2 * window + 3} if window else set()))
-    for length in (n for n in lengths if 1 <= n <= max_len):
+    lengths = {1, 2, 3, min(max_len, 17), probe - 1, probe}
+    if window:
+        lengths |= {window - 1, window, window + 1, 2 * window + 3}  # both sides of the window's edge
+    for length in sorted(n for n in lengths if 1 <= n <= max_len):
         actual = _as_bool(_evaluate(gm, mask, {leaf: length for leaf in leaves}))
         expected = causal_mask(length, length, window, actual.device)
         if actual.shape[-2:] != expected.shape or not torch.equal(actual, expected.expand_as(actual)):
@@ -183,7 +185,7 @@ def register_sdpa(gm: GraphModule) -> GraphModule:
         head_dim = q.meta["val"].shape[-1]
         kind = _classify_mask(gm, mask, is_causal, max_len) if dropout == 0.0 else None
         if kind is None:
-            logger.warning("attention %s keeps its own mask: it is not a plain causal or sliding-window mask", node.name)
+            logger.warning("attention %s keeps its own mask: not a plain causal or sliding-window mask", node.name)
             continue
         causal, window = kind
         num_q_heads = q.meta["val"].shape[1]
