@@ -53,7 +53,8 @@ def add_static_cache(gm: GraphModule, max_seq_len: int, join: Join, name: str) -
         if like is not None and fake_mode is not None:
             batch, heads, _, head_dim = like.shape
             with fake_mode:
-                node.meta["val"] = torch.empty(batch, heads, max_seq_len, head_dim, dtype=like.dtype, device=like.device)
+                node.meta["val"] = torch.empty(batch, heads, max_seq_len, head_dim, dtype=like.dtype,
+                                               device=like.device)
         return node
 
     last = placeholders[-1]

@@ -45,8 +45,9 @@ def build_engine(family: str) -> tuple[bytes, list[str]]:
             converted.append(node.target)
         return original_run_node(self, node)
 
-    with mock.patch.object(trt.Runtime, "deserialize_cuda_engine", lambda self, data: _BuiltEngine(data), create=True), \
-            mock.patch.object(_TRTInterpreter.TRTInterpreter, "run_node", recording_run_node):
+    stand_in = mock.patch.object(trt.Runtime, "deserialize_cuda_engine", lambda self, data: _BuiltEngine(data),
+                                 create=True)
+    with stand_in, mock.patch.object(_TRTInterpreter.TRTInterpreter, "run_node", recording_run_node):
         engine = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
             program, arg_inputs=[example, example], min_block_size=1)
     return bytes(engine), converted
