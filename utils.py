@@ -73,7 +73,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
     comp.add_argument("--cudagraph", action="store_true", help="run the compiled model through CUDA graphs")
 
     bench = parser.add_argument_group("benchmarking")
-    bench.add_argument("--benchmark", action="store_true", help="time random inputs instead of generating from --prompt")
+    bench.add_argument("--benchmark", action="store_true", help="time random inputs, not --prompt")
     bench.add_argument("--iterations", type=int, default=5, help="timed benchmark iterations (after one warm-up)")
     bench.add_argument("--isl", type=int, default=2048, help="input sequence length in benchmark mode")
     bench.add_argument("--batch_size", type=int, default=1, help="batch size")
