@@ -112,7 +112,7 @@ def attention_layers(ctx: ConversionContext, name: str, q: trt.ITensor, k: trt.I
 
     qk = ctx.net.add_matrix_multiply(q5, trt.MatrixOperation.NONE, k5, trt.MatrixOperation.TRANSPOSE)
     qk.name = f"{name}_qk"
-    np_dtype = np.float32 if compute == trt.float32 else (np.float16 if compute == trt.float16 else np.float32)
+    np_dtype = np.float16 if compute == trt.float16 else np.float32
     scores = _elementwise(ctx, f"{name}_scale", qk.get_output(0),
                           _constant(ctx, f"{name}_scale_value", np.full((1,) * 5, scale, dtype=np_dtype)),
                           trt.ElementWiseOperation.PROD)  # [B, Hkv, G, L, S]
