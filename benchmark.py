@@ -2,6 +2,9 @@
 
 Every timed region ends with a device sync, so GPU work is inside the figure. One iteration
 records the time to the first token (prefill) and the end-to-end time; decode is the difference.
+Beside the timings each backend reports its peak device memory, its compile time (build plus the
+extra time of the first, warm-up run, where lazy compilers compile) and the memory bandwidth its
+decode steps achieved, to be read against the device's measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -82,26 +85,104 @@ def metrics(iterations: list[Iteration], batch_size: int, new_tokens: int) -> di
     return result
 
 
-def run_benchmark(run: Callable[[Callable[[], None]], object], sync: Callable[[], None], iterations: int,
-                  batch_size: int, new_tokens: int) -> dict[str, dict[str, float]]:
-    """One untimed warm-up, then `iterations` timed runs."""
-    run(lambda: None)
+@dataclass
+class Measured:
+    """What run_benchmark found: the figures to report, and the warm-up run's output for token checks."""
+
+    figures: dict
+    tokens: torch.Tensor
+
+
+def run_benchmark(run: Callable[[Callable[[], None]], torch.Tensor], device: str, iterations: int,
+                  batch_size: int, new_tokens: int, build_s: float = 0.0,
+                  decode_bytes: float | None = None) -> Measured:
+    """One warm-up run (which also compiles whatever compiles lazily), then `iterations` timed runs.
+
+    `decode_bytes`: bytes a decode step must read (weights and KV cache), for the achieved bandwidth.
+    """
+    sync = device_sync(device)
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    start = time.perf_counter()
+    tokens = run(lambda: None)
+    sync()
+    warmup_s = time.perf_counter() - start
     timed = [time_generation(run, sync) for _ in range(iterations)]
-    return metrics(timed, batch_size, new_tokens)
+    figures = metrics(timed, batch_size, new_tokens)
+    steady_s = figures["e2e_latency_ms"]["median"] / 1e3
+    figures["compile_s"] = build_s + max(warmup_s - steady_s, 0.0)
+    figures["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+    if decode_bytes is not None and "tpot_ms" in figures:
+        figures["decode_bandwidth_tb_s"] = decode_bytes / (figures["tpot_ms"]["median"] / 1e3) / 1e12
+    return Measured(figures, tokens)
+
+
+def decode_bytes_per_step(model, batch_size: int, isl: int, new_tokens: int) -> float:
+    """Bytes one decode step must read: the weights it multiplies by, and the K/V of the average context.
+
+    The input embedding table is left out unless it is also the output projection (one row is read).
+    """
+    embedding = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embedding
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if tied or p is not embedding)
+    config = model.config.get_text_config()
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    average_context = isl + new_tokens / 2
+    kv = 2 * config.num_hidden_layers * batch_size * kv_heads * head_dim * average_context * embedding.element_size()
+    return weights + kv
+
+
+def copy_bandwidth_tb_s(device: str, megabytes: int = 512, repeats: int = 10) -> float:
+    """Measured device-to-device copy bandwidth, counting the bytes read and written (median of `repeats`)."""
+    src = torch.empty(megabytes * 2 ** 20, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    sync = device_sync(device)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() / statistics.median(times) / 1e12
+
+
+def token_agreement(reference: torch.Tensor, tokens: torch.Tensor, prompt_len: int) -> float:
+    """Share of generated positions where two runs chose the same token."""
+    new_ref, new = reference[:, prompt_len:].cpu(), tokens[:, prompt_len:].cpu()
+    length = min(new_ref.shape[1], new.shape[1])
+    if length == 0:
+        return 0.0
+    return float((new_ref[:, :length] == new[:, :length]).float().mean())
 
 
 COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
-           ("e2e_latency_ms", "E2E ms"), ("e2e_tokens_per_s", "E2E tok/s")]
+           ("e2e_latency_ms", "E2E ms"), ("e2e_tokens_per_s", "E2E tok/s"), ("decode_bandwidth_tb_s", "decode TB/s"),
+           ("peak_memory_gb", "peak GB"), ("compile_s", "compile s"), ("token_agreement", "tokens = ref")]
 
 
-def format_table(setup, results: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A Markdown table of medians, one row per backend, under a line that says what ran."""
-    lines = [", ".join(f"{k}={v}" for k, v in asdict(setup).items()),
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        value = value["median"]
+    return f"{value:.2f}"
+
+
+def format_table(setup, results: dict[str, dict], notes: dict | None = None) -> str:
+    """A Markdown table (medians over the iterations), under a line that says what ran."""
+    header = ", ".join(f"{k}={v}" for k, v in asdict(setup).items())
+    if notes:
+        header += "; " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in notes.items())
+    lines = [header,
              "| backend | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
     for backend, figures in results.items():
-        cells = [f"{figures[key]['median']:.2f}" if key in figures else "-" for key, _ in COLUMNS]
-        lines.append(f"| {backend} | " + " | ".join(cells) + " |")
+        lines.append(f"| {backend} | " + " | ".join(_cell(figures.get(key)) for key, _ in COLUMNS) + " |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ import torch
 from torch.fx import GraphModule
 
 from static_cache_common import cache_inputs
+from static_cache_v3 import takes_cache_position
 
 
 @dataclass
@@ -80,21 +81,39 @@ def allocate_caches(gm: GraphModule, batch_size: int, max_seq_len: int, dtype: t
     return caches  # each [B, Hkv, max_seq_len, D]
 
 
-def forward_with_cache(model: Callable, input_ids: torch.Tensor, caches: list[torch.Tensor],
-                       start: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run tokens at positions start..start+L through a static-cache graph; returns logits and new caches."""
-    batch_size, length = input_ids.shape[:2]
-    end = start + length
-    outputs = model(input_ids, positions(start, end, batch_size, input_ids.device), *caches, start, end)
-    return outputs[0], list(outputs[1:])
+class CachedModel:
+    """A compiled static-cache graph with its caches: call it with the tokens at start..start + L.
+
+    v1/v2 graphs take the positions as ints and return new caches, which replace the old ones;
+    v3 graphs (compiled as an InPlaceCacheStep) take them as a tensor and write the caches in place,
+    so the cache buffers keep their addresses from step to step, as CUDA graphs need.
+    """
+
+    def __init__(self, model: Callable, lowered: GraphModule, batch_size: int, max_seq_len: int,
+                 dtype: torch.dtype, device):
+        self.model = model
+        self.caches = allocate_caches(lowered, batch_size, max_seq_len, dtype, device)
+        self.in_place = takes_cache_position(lowered)
+        if self.in_place:
+            for cache in self.caches:
+                torch._dynamo.mark_static_address(cache)
+
+    def __call__(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
+        """logits [B, L, V] of input_ids [B, L] at positions start..start + L; the caches take their K/V."""
+        batch_size, length = input_ids.shape[:2]
+        end = start + length
+        position_ids = positions(start, end, batch_size, input_ids.device)
+        if self.in_place:
+            cache_position = torch.arange(start, end, device=input_ids.device)
+            return self.model(input_ids, position_ids, *self.caches, cache_position)[0]
+        logits, *self.caches = self.model(input_ids, position_ids, *self.caches, start, end)
+        return logits
 
 
-def generate_static_cache(model: Callable, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
-                          caches: list[torch.Tensor],
+def generate_static_cache(model: CachedModel, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
                           on_first_token: Callable[[], None] | None = None) -> torch.Tensor:
     """Prefill the prompt into the caches, then decode one token a step: [B, T] -> [B, T + generated]."""
-    logits, caches = forward_with_cache(model, input_ids, caches, 0)
-    next_token = stop.apply(greedy(logits))
+    next_token = stop.apply(greedy(model(input_ids, 0)))
     generated = [next_token]
     if on_first_token is not None:
         on_first_token()
@@ -102,14 +121,20 @@ def generate_static_cache(model: Callable, input_ids: torch.Tensor, num_tokens: 
     for _ in range(num_tokens - 1):
         if stop.all_done():
             break
-        logits, caches = forward_with_cache(model, next_token[:, None], caches, position)
-        next_token = stop.apply(greedy(logits))
+        next_token = stop.apply(greedy(model(next_token[:, None], position)))
         generated.append(next_token)
         position += 1
     return torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1)
 
 
 # ------------------------------------------------------------------------------ Hugging Face
+
+
+def hf_forward_no_cache(model) -> Callable:
+    """The model as generate_no_cache calls a lowered graph: (ids, position_ids) -> (logits,), no KV cache."""
+    def forward(input_ids: torch.Tensor, position_ids: torch.Tensor):
+        return (model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits,)
+    return forward
 
 
 class _FirstTokenStreamer:
@@ -128,11 +153,13 @@ class _FirstTokenStreamer:
 
 
 def hf_generate(model, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
-                on_first_token: Callable[[], None] | None = None) -> torch.Tensor:
+                on_first_token: Callable[[], None] | None = None, static_cache: bool = False) -> torch.Tensor:
     """The model's own generate: greedy, with its own KV cache, and nothing else from its generation config.
 
     A checkpoint's generation_config may ask for sampling or a repetition penalty, and generate fills
     every field left at its default from it, so a clean greedy config replaces it for the call.
+    `static_cache` asks for Hugging Face's StaticCache, with which generate compiles the model's
+    forward itself on a GPU (torch.compile, mode reduce-overhead): Hugging Face's own fast path.
     """
     from transformers import GenerationConfig
 
@@ -142,6 +169,7 @@ def hf_generate(model, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
         do_sample=False,
         eos_token_id=stop.eos_token_ids or None,
         pad_token_id=stop.pad_token_id,
+        cache_implementation="static" if static_cache else None,
     )
     saved, model.generation_config = model.generation_config, config
     saved_use_cache, model.config.use_cache = model.config.use_cache, True

@@ -6,8 +6,11 @@ This pass replaces each such node with `torch.ops.llm_tools.attention`, whose se
 explicit, so that cache passes and converters need not read masks:
 
     q [B, Hq, L, D], k/v [B, Hkv, S, D]   (GQA kept: no repeat_kv, caches stay Hkv wide)
-    query i sees key j when j <= i + S - L            (causal, aligned bottom-right)
-                       and j >  i + S - L - window    (when sliding_window is set)
+    query i sees key j when j <= p_i            (causal; p_i = i + S - L, aligned bottom-right)
+                       and j >  p_i - window   (when sliding_window is set)
+
+A cache pass may give the query positions p as a tensor instead (static_cache_v3: keys are the
+whole cache, the queries sit wherever the new tokens were written).
 
 Bottom-right alignment makes one node right for prefill (L == S), decode (L == 1) and
 chunked prefill (L < S). A mask is replaced only when evaluating it at several lengths shows it
@@ -31,22 +34,31 @@ SDPA_TARGETS = (aten.scaled_dot_product_attention.default,)
 _LAYOUT_OPS = (aten.clone.default, aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 
 
-@torch.library.custom_op("llm_tools::attention", mutates_args=())
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
-              sliding_window: int | None = None) -> torch.Tensor:
-    """The canonical attention node: see the module docstring for its semantics."""
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+                        sliding_window: int | None = None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The canonical node's PyTorch implementation, also traced into compiled graphs (compile_inductor.py)."""
     q_len, kv_len = q.shape[-2], k.shape[-2]
-    sdpa_kwargs = {"scale": scale, "enable_gqa": q.shape[1] != k.shape[1]}
-    if causal and sliding_window is None and q_len == kv_len:
-        sdpa_kwargs["is_causal"] = True
+    if causal and sliding_window is None and query_positions is None and q_len == kv_len:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=True,
+                                                               enable_gqa=q.shape[1] != k.shape[1])
     elif causal:
-        sdpa_kwargs["attn_mask"] = causal_mask(q_len, kv_len, sliding_window, q.device)  # [L, S]
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, **sdpa_kwargs)
+        mask = causal_mask(q_len, kv_len, sliding_window, q.device, query_positions)  # [L, S]
+        out = _masked_attention(q, k, v, mask, scale)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,
+                                                               enable_gqa=q.shape[1] != k.shape[1])
     return _heads_inner(out)
 
 
+@torch.library.custom_op("llm_tools::attention", mutates_args=())
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+              sliding_window: int | None = None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The canonical attention node: see the module docstring for its semantics."""
+    return attention_reference(q, k, v, scale, causal, sliding_window, query_positions)
+
+
 @attention.register_fake
-def _(q, k, v, scale, causal, sliding_window=None):
+def _(q, k, v, scale, causal, sliding_window=None, query_positions=None):
     return _heads_inner(torch.empty_like(q))
 
 
@@ -55,9 +67,32 @@ def _heads_inner(out: torch.Tensor) -> torch.Tensor:
     return out.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-def causal_mask(q_len: int, kv_len: int, sliding_window: int | None, device=None) -> torch.Tensor:
-    """Bool [L, S]: True where query i may see key j (bottom-right causal, optional window)."""
-    i = torch.arange(q_len, device=device).unsqueeze(1) + (kv_len - q_len)  # absolute query position
+def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """sdpa under a [L, S] mask, with GQA done by folding each K/V head's query heads into the rows.
+
+    q [B, Hq, L, D] -> [B, Hkv, G * L, D] and the mask tiled G times, so that the masked kernels
+    (which have no GQA of their own) read each K/V head once instead of a repeated copy.
+    """
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads = k.shape[1]
+    groups = q_heads // kv_heads
+    folded = q.reshape(batch, kv_heads, groups * q_len, head_dim)  # row g * L + l: query head h * G + g
+    out = torch.nn.functional.scaled_dot_product_attention(folded, k, v, attn_mask=mask.repeat(groups, 1),
+                                                           scale=scale)
+    return out.view(batch, q_heads, q_len, head_dim)
+
+
+def causal_mask(q_len: int, kv_len: int, sliding_window: int | None, device=None,
+                query_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool [L, S]: True where query i may see key j (causal, optional window).
+
+    Query i sits at query_positions[i] when given, else at i + S - L (aligned bottom-right); key j at j.
+    """
+    if query_positions is None:
+        i = torch.arange(q_len, device=device).unsqueeze(1) + (kv_len - q_len)
+    else:
+        i = query_positions.unsqueeze(1)
     j = torch.arange(kv_len, device=device).unsqueeze(0)
     mask = j <= i
     if sliding_window is not None:

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
 import plugin_utils
-from benchmark import device_sync, format_table, run_benchmark, write_json
-from generate import StopRule, allocate_caches, generate_no_cache, generate_static_cache, hf_generate
-from utils import (COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, check_positions,
+from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, format_table, run_benchmark, token_agreement,
+                       write_json)
+from generate import (CachedModel, StopRule, generate_no_cache, generate_static_cache, hf_forward_no_cache,
+                      hf_generate)
+from utils import (BASELINES, COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, check_positions,
                    compile_lowered, eos_token_ids, export_llm, load_config, load_model, load_tokenizer,
                    lower, pad_token_id, print_generation, print_match, run_main, validate_common_arguments)
 
@@ -69,22 +72,30 @@ def main(args: argparse.Namespace) -> None:
     compiled = compile_lowered(lowered, args, max_seq_len)
     build_seconds = time.perf_counter() - start
 
+    def stop_rule() -> StopRule:
+        return StopRule(eos, pad, stop_on_eos=not args.benchmark)
+
     def run_compiled(on_first_token=None) -> torch.Tensor:
-        stop = StopRule(eos, pad, stop_on_eos=not args.benchmark)
         with torch.no_grad():
             if not args.cache:
-                return generate_no_cache(compiled, input_ids, args.num_tokens, stop, on_first_token)
-            caches = allocate_caches(lowered, args.batch_size, max_seq_len, DTYPES[args.precision], args.device)
-            return generate_static_cache(compiled, input_ids, args.num_tokens, stop, caches, on_first_token)
+                return generate_no_cache(compiled, input_ids, args.num_tokens, stop_rule(), on_first_token)
+            cached = CachedModel(compiled, lowered, args.batch_size, max_seq_len, DTYPES[args.precision], args.device)
+            return generate_static_cache(cached, input_ids, args.num_tokens, stop_rule(), on_first_token)
 
-    def run_pytorch(on_first_token=None) -> torch.Tensor:
-        return hf_generate(model, input_ids, args.num_tokens, StopRule(eos, pad, stop_on_eos=not args.benchmark),
-                           on_first_token)
+    def pytorch_run(baseline: str):
+        def run(on_first_token=None) -> torch.Tensor:
+            if baseline == "no_cache":
+                with torch.no_grad():
+                    return generate_no_cache(hf_forward_no_cache(model), input_ids, args.num_tokens, stop_rule(),
+                                             on_first_token)
+            return hf_generate(model, input_ids, args.num_tokens, stop_rule(), on_first_token,
+                               static_cache=baseline == "hf_static")
+        return run
 
     if not args.benchmark:
         reference = None
         if args.enable_pytorch_run:
-            reference = run_pytorch()
+            reference = pytorch_run(args.baselines[0])()
             print_generation("PyTorch", tokenizer.decode(reference[0].tolist(), skip_special_tokens=True))
         tokens = run_compiled()
         print_generation(label, tokenizer.decode(tokens[0].tolist(), skip_special_tokens=True))
@@ -92,15 +103,28 @@ def main(args: argparse.Namespace) -> None:
             print_match(label, reference, tokens)
         return
 
-    sync = device_sync(args.device)
-    results = {}
+    decode_bytes = decode_bytes_per_step(model, args.batch_size, args.isl, args.num_tokens)
+    measure = partial(run_benchmark, device=args.device, iterations=args.iterations, batch_size=args.batch_size,
+                      new_tokens=args.num_tokens, decode_bytes=decode_bytes)
+    measured = {}
     if args.enable_pytorch_run:
-        results["PyTorch"] = run_benchmark(run_pytorch, sync, args.iterations, args.batch_size, args.num_tokens)
-    results[label] = run_benchmark(run_compiled, sync, args.iterations, args.batch_size, args.num_tokens)
+        for baseline in args.baselines:
+            measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
+    cache = f", {args.cache}" if args.cache else ", no cache"
+    measured[f"{label}{cache}{', CUDA graphs' if args.cudagraph else ''}"] = measure(run_compiled,
+                                                                                  build_s=build_seconds)
+    reference = next(iter(measured.values())).tokens if args.enable_pytorch_run else None
+    for row in list(measured.values())[1:] if reference is not None else []:
+        row.figures["token_agreement"] = token_agreement(reference, row.tokens, args.isl)
+
     setup = RunSetup.from_args(args)
-    print(format_table(setup, results))
+    notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(args.device), "decode_bytes_per_step_gb": decode_bytes / 1e9}
+    results = {name: row.figures for name, row in measured.items()}
+    print(format_table(setup, results, notes))
+    if reference is not None:
+        print(f"tokens = ref: share of new tokens equal to the first row's ({args.baselines[0]})")
     if args.output_json:
-        write_json(args.output_json, setup, results, {"build_seconds": build_seconds})
+        write_json(args.output_json, setup, results, {**notes, "build_seconds": build_seconds})
 
 
 if __name__ == "__main__":

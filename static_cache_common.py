@@ -1,9 +1,10 @@
 """What static_cache_v1 and static_cache_v2 share: adding the cache inputs and outputs to a graph.
 
-Both passes give every canonical attention node (register_sdpa.py) a K and a V cache input
-[B, Hkv, max_seq_len, D], add `start_idx` and `end_idx` inputs (the positions of this call's
-tokens, end_idx - start_idx == L), and return the updated caches after the logits. They differ
-only in how the new K/V are joined to the cache, which each passes in as `join`.
+Every cache pass gives each canonical attention node (register_sdpa.py) a K and a V cache input
+[B, Hkv, max_seq_len, D], adds inputs that say where this call's L tokens go, and returns the
+updated caches after the logits. v1 and v2 take `start_idx` and `end_idx` (ints, end - start == L);
+v3 takes `cache_position` (an int64 tensor [L]). They differ in how the new K/V are joined to the
+cache, which each passes in as `join`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from register_sdpa import attention_nodes
 
 aten = torch.ops.aten
 KEY_CACHE, VALUE_CACHE = "key_cache_", "value_cache_"
-# join(graph, new, cache, start, end) -> (what attention reads, the cache to return)
-Join = Callable[[Graph, Node, Node, Node, Node], tuple[Node, Node]]
+START_END = ("start_idx", "end_idx")
+# join(graph, new, cache, *position inputs) -> (what attention reads, the cache to return)
+Join = Callable[..., tuple[Node, Node]]
 
 
 def slice_seq(graph: Graph, tensor: Node, start, end) -> Node:
@@ -37,7 +39,9 @@ def to_end(graph: Graph, cache: Node, end: Node) -> Node:
     return slice_seq(graph, cache, end, sys.maxsize)
 
 
-def add_static_cache(gm: GraphModule, max_seq_len: int, join: Join, name: str) -> GraphModule:
+def add_static_cache(gm: GraphModule, max_seq_len: int, join: Join, name: str,
+                     position_inputs: tuple[str, ...] = START_END, positions_to_attention: bool = False) -> GraphModule:
+    """Add the caches; `positions_to_attention` hands the first position input to attention as query_positions."""
     nodes = attention_nodes(gm)
     if not nodes:
         raise ValueError(f"{name}: the graph has no canonical attention node; run register_sdpa first")
@@ -64,16 +68,24 @@ def add_static_cache(gm: GraphModule, max_seq_len: int, join: Join, name: str) -
         k_cache = last = new_input(last, f"{KEY_CACHE}{i}", k_new.meta.get("val"))  # [B, Hkv, max_seq_len, D]
         v_cache = last = new_input(last, f"{VALUE_CACHE}{i}", v_new.meta.get("val"))
         caches.append((attn, k_cache, v_cache))
-    start = last = new_input(last, "start_idx", None)
-    end = new_input(last, "end_idx", None)
+    positions = []
+    for input_name in position_inputs:
+        positions.append(last := new_input(last, input_name, None))
+    new_kv = nodes[0].args[1].meta.get("val")
+    if positions_to_attention and new_kv is not None and fake_mode is not None:
+        with fake_mode:  # int64 [L], L the (dynamic) length of the new K/V
+            positions[0].meta["val"] = torch.empty(new_kv.shape[2], dtype=torch.long, device=new_kv.device)
 
     cache_outputs = []
     for attn, k_cache, v_cache in caches:
-        q, k_new, v_new, *rest = attn.args
+        q, k_new, v_new, scale, causal, *rest = attn.args
         with graph.inserting_before(attn):
-            k_attend, k_out = join(graph, k_new, k_cache, start, end)  # k_attend [B, Hkv, S, D]
-            v_attend, v_out = join(graph, v_new, v_cache, start, end)
-        attn.args = (q, k_attend, v_attend, *rest)
+            k_attend, k_out = join(graph, k_new, k_cache, *positions)  # k_attend [B, Hkv, S, D]
+            v_attend, v_out = join(graph, v_new, v_cache, *positions)
+        if positions_to_attention:
+            window = rest[0] if rest else None
+            rest = [window, positions[0]]
+        attn.args = (q, k_attend, v_attend, scale, causal, *rest)
         cache_outputs += [k_out, v_out]
 
     output = graph.find_nodes(op="output")[0]

@@ -7,6 +7,7 @@ both scripts do before and after them.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import logging
 import sys
@@ -20,15 +21,24 @@ from torch.fx import GraphModule
 from torch.fx.graph import CodeGen
 
 from presets import MODEL_CONFIGS, TINY_PRESETS, ByteTokenizer, builtin_config, is_tiny_preset
+from fuse_projections import fuse_projections
 from register_sdpa import register_sdpa
 from static_cache_v1 import insert_static_cache_v1
 from static_cache_v2 import insert_static_cache_v2
+from static_cache_v3 import InPlaceCacheStep, insert_static_cache_v3, takes_cache_position
 
 logger = logging.getLogger("llm_tools")
 
 DTYPES = {"FP16": torch.float16, "BF16": torch.bfloat16, "FP32": torch.float32}
-CACHE_PASSES = {"static_v1": insert_static_cache_v1, "static_v2": insert_static_cache_v2}
+CACHE_PASSES = {"static_v1": insert_static_cache_v1, "static_v2": insert_static_cache_v2,
+                "static_v3": insert_static_cache_v3}
 COMPILER_LABELS = {"tensorrt": "TensorRT", "inductor": "Inductor", "eager": "Eager"}
+BASELINES = {"hf_dynamic": "HF generate, dynamic cache",
+             "hf_static": "HF generate, static cache compiled by HF",
+             "no_cache": "HF forward on the whole sequence per token, no cache"}
+
+
+RTX_CAPABILITIES = {(8, 0), (8, 6), (8, 9)}  # and 12.0 onwards
 
 
 class UsageError(Exception):
@@ -60,10 +70,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
     gen = parser.add_argument_group("generation")
     gen.add_argument("--prompt", default=default_prompt, help="input prompt (not used with --benchmark)")
     gen.add_argument("--num_tokens", type=int, default=128, help="number of output tokens to generate")
-    gen.add_argument("--cache", default="", choices=["", "static_v1", "static_v2"],
-                     help="KV cache strategy of the sdpa backend; empty for no cache")
+    gen.add_argument("--cache", default="", choices=["", *CACHE_PASSES],
+                     help="KV cache strategy of the sdpa backend; empty for no cache. static_v3 has fixed "
+                          "decode shapes (one CUDA graph per step with --cudagraph)")
     gen.add_argument("--enable_pytorch_run", action="store_true",
                      help="also run the Hugging Face model (its own generate) and compare")
+    gen.add_argument("--baselines", nargs="+", choices=list(BASELINES), default=None,
+                     help="PyTorch runs for --enable_pytorch_run, the first one the reference for token checks: "
+                          + "; ".join(f"{k}: {v}" for k, v in BASELINES.items())
+                          + ". Default: hf_dynamic, plus hf_static when benchmarking on a GPU")
 
     comp = parser.add_argument_group("compilation")
     comp.add_argument("--compiler", default="tensorrt", choices=list(COMPILER_LABELS),
@@ -96,8 +111,31 @@ def validate_common_arguments(args: argparse.Namespace) -> None:
         if not args.device.startswith("cuda"):
             raise UsageError("--compiler tensorrt needs an NVIDIA GPU, and none is visible here; "
                              "use --compiler inductor or --compiler eager")
+        check_tensorrt_runs_here(args.device)
     if args.cudagraph and not args.device.startswith("cuda"):
         raise UsageError("--cudagraph needs a CUDA device; drop it or use --device cuda")
+    if args.baselines is None:
+        gpu_benchmark = args.benchmark and args.device.startswith("cuda")
+        args.baselines = ["hf_dynamic", "hf_static"] if gpu_benchmark else ["hf_dynamic"]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def check_tensorrt_runs_here(device: str) -> None:
+    """TensorRT-RTX engines run on compute capability 8.0, 8.6, 8.9 and 12.0 or newer only (not on 9.0)."""
+    if not _installed("torch-tensorrt-rtx") or _installed("torch-tensorrt"):
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) not in RTX_CAPABILITIES and major < 12:
+        raise UsageError(f"--compiler tensorrt: the installed torch-tensorrt-rtx (TensorRT-RTX) cannot run engines on "
+                         f"this GPU (compute capability {major}.{minor}); install torch-tensorrt instead, "
+                         "or use --compiler inductor or --compiler eager")
 
 
 def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:
@@ -210,16 +248,22 @@ def _no_packed_sequences():
         yield
 
 
+# Shape and dtype checks that export leaves in the graph: the generation loops call it with
+# consistent inputs, and TorchDynamo would break the graph at each of them.
+_RUNTIME_CHECKS = (torch.ops.aten._assert_scalar.default, torch.ops.aten._assert_tensor_metadata.default)
+
+
 def plain_graph_module(program: torch.export.ExportedProgram) -> GraphModule:
-    """The program as a plain GraphModule: positional inputs, a flat tuple of outputs, no input guards.
+    """The program as a plain GraphModule: positional inputs, a flat tuple of outputs, no input guards or checks.
 
     Passes add inputs and outputs to it, which the exported program's pytree signature and its
     shape-guard submodule would refuse.
     """
     unlifted = program.module()
     for node in list(unlifted.graph.nodes):
-        if node.op == "call_module" and node.target == "_guards_fn":
+        if node.op == "call_module" and node.target == "_guards_fn" or node.target in _RUNTIME_CHECKS:
             unlifted.graph.erase_node(node)
+    unlifted.graph.eliminate_dead_code()
     gm = GraphModule(unlifted, unlifted.graph)
     gm.graph._codegen = CodeGen()
     output = gm.graph.find_nodes(op="output")[0]
@@ -230,10 +274,10 @@ def plain_graph_module(program: torch.export.ExportedProgram) -> GraphModule:
 
 
 def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds: bool = False) -> GraphModule:
-    """torch.export of model(input_ids|inputs_embeds, position_ids) -> (logits,), dynamic in sequence length.
+    """torch.export of model(input_ids|inputs_embeds, position_ids) -> (logits [B, 1, V],) of the last position.
 
-    The batch size is static (one export per batch size). Attention stays one sdpa node: it is popped
-    from the decomposition table.
+    The graph is dynamic in the sequence length; the batch size is static (one export per batch size).
+    Attention stays one sdpa node: it is popped from the decomposition table.
     """
     device = next(model.parameters()).device
     example_len = min(4, max_seq_len)
@@ -247,20 +291,28 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
         kwargs = {"input_ids": torch.zeros(batch_size, example_len, dtype=torch.long, device=device),
                   "position_ids": position_ids}
     model.config.use_cache = False
+    dynamic_shapes = {k: {1: seq} for k in kwargs}
+    kwargs["logits_to_keep"] = 1  # every loop reads the last position's logits only: skip the rest of lm_head
+    dynamic_shapes["logits_to_keep"] = None
     with torch.no_grad(), _no_packed_sequences():
         # Deferred asserts: some kernels' meta functions emit guards (such as min(64*seq, 256*seq) == 64*seq)
         # that hold for every length but that the solver cannot prove.
-        program = torch.export.export(model, (), kwargs, dynamic_shapes={k: {1: seq} for k in kwargs}, strict=False,
+        program = torch.export.export(model, (), kwargs, dynamic_shapes=dynamic_shapes, strict=False,
                                       prefer_deferred_runtime_asserts_over_guards=True)
         decompositions = torch.export.default_decompositions()
         decompositions.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
         program = program.run_decompositions(decompositions)
-    return plain_graph_module(program)
+    gm = plain_graph_module(program)
+    for node in gm.graph.find_nodes(op="placeholder"):
+        if node.name == "logits_to_keep" and not node.users:  # specialised to 1; not an input of the graph
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
 
 
 def lower(gm: GraphModule, cache: str, max_seq_len: int) -> GraphModule:
-    """The passes every compiler sees: canonical attention, then the chosen static cache."""
-    gm = register_sdpa(gm)
+    """The passes every compiler sees: canonical attention, fused projections, then the chosen static cache."""
+    gm = fuse_projections(register_sdpa(gm))
     if cache:
         gm = CACHE_PASSES[cache](gm, max_seq_len)
     return gm
@@ -270,15 +322,22 @@ def lower(gm: GraphModule, cache: str, max_seq_len: int) -> GraphModule:
 
 
 def compile_lowered(gm: GraphModule, args: argparse.Namespace, max_seq_len: int) -> Callable:
-    """Compile the lowered graph with the chosen compiler; all three take the same graph."""
-    if args.compiler == "eager":
-        return gm
+    """Compile the lowered graph with the chosen compiler; all three take the same graph.
+
+    A static_v3 graph comes back as an InPlaceCacheStep, which updates the caches in place (see
+    generate.CachedModel).
+    """
     if args.compiler == "inductor":
-        mode = "reduce-overhead" if args.cudagraph else None
-        return torch.compile(gm, dynamic=True, mode=mode)
+        from compile_inductor import compile_with_inductor
+
+        return compile_with_inductor(gm, args)
+    in_place = takes_cache_position(gm)
+    if args.compiler == "eager":
+        return InPlaceCacheStep(gm) if in_place else gm
     from compile_tensorrt import compile_with_tensorrt
 
-    return compile_with_tensorrt(gm, args, args.batch_size, max_seq_len)
+    compiled = compile_with_tensorrt(gm, args, args.batch_size, max_seq_len)
+    return InPlaceCacheStep(compiled) if in_place else compiled
 
 
 # --------------------------------------------------------------------------------------- report

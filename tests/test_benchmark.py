@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 import benchmark
-from benchmark import Iteration, metrics, summarize, time_generation
+import torch
+
+from benchmark import (Iteration, decode_bytes_per_step, metrics, run_benchmark, summarize, time_generation,
+                       token_agreement)
+from conftest import tiny_model
 
 
 def test_summarize_matches_hand_computed_statistics():
@@ -38,3 +42,35 @@ def test_time_generation_splits_at_the_first_token(monkeypatch):
     monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
     iteration = time_generation(lambda on_first_token: on_first_token(), lambda: None)
     assert iteration == Iteration(ttft_s=0.25, total_s=1.0)
+
+
+def test_compile_time_and_bandwidth_from_a_synthetic_run(monkeypatch):
+    # warm-up 5 s, then three runs of 1 s (first token after 0.2 s); 10 new tokens
+    clock = iter([0.0, 5.0] + [t for start in (10.0, 20.0, 30.0) for t in (start, start + 0.2, start + 1.0)])
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+
+    def run(on_first_token):
+        on_first_token()
+        return torch.zeros(1, 3)
+
+    measured = run_benchmark(run, "cpu", iterations=3, batch_size=1, new_tokens=10, build_s=2.0, decode_bytes=4e9)
+    figures = measured.figures
+    assert figures["compile_s"] == pytest.approx(2.0 + 5.0 - 1.0)  # build + the warm-up's extra time
+    assert figures["tpot_ms"]["median"] == pytest.approx(800 / 9)
+    assert figures["decode_bandwidth_tb_s"] == pytest.approx(4e9 / (0.8 / 9) / 1e12)
+    assert figures["peak_memory_gb"] is None  # no GPU
+
+
+def test_token_agreement_counts_new_tokens_only():
+    reference = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 7, 8, 9, 9]])
+    tokens = torch.tensor([[1, 2, 3, 4, 0, 6], [0, 0, 7, 0, 9, 0]])
+    assert token_agreement(reference, tokens, prompt_len=2) == pytest.approx(5 / 8)
+
+
+def test_decode_bytes_are_weights_and_average_kv():
+    model = tiny_model("tiny-llama")
+    config = model.config
+    # untied: the embedding table is not read in decode
+    weights = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name) * 4
+    kv = 2 * config.num_hidden_layers * 3 * config.num_key_value_heads * config.head_dim * (20 + 4 / 2) * 4
+    assert decode_bytes_per_step(model, batch_size=3, isl=20, new_tokens=4) == pytest.approx(weights + kv)

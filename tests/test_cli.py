@@ -82,13 +82,54 @@ def test_generation_prints_the_spec_blocks():
 @pytest.mark.slow
 def test_benchmark_writes_json(tmp_path):
     out = tmp_path / "r.json"
-    result = run_llm("--model", "tiny-llama", "--compiler", "eager", "--cache", "static_v2", "--benchmark",
+    result = run_llm("--model", "tiny-llama", "--compiler", "eager", "--cache", "static_v3", "--benchmark",
                      "--isl", "16", "--num_tokens", "6", "--iterations", "3", "--enable_pytorch_run",
-                     "--output_json", str(out))
+                     "--baselines", "hf_dynamic", "no_cache", "--output_json", str(out))
     assert result.returncode == 0, result.stderr
-    assert "| PyTorch |" in result.stdout and "| Eager |" in result.stdout
+    dynamic = "PyTorch (HF generate, dynamic cache)"
+    no_cache = "PyTorch (HF forward on the whole sequence per token, no cache)"
+    compiled = "Eager, static_v3"
+    for row in (dynamic, no_cache, compiled):
+        assert f"| {row} |" in result.stdout
     report = json.loads(out.read_text())
     assert report["setup"]["isl"] == 16 and report["setup"]["osl"] == 6
-    for backend in ("PyTorch", "Eager"):
+    assert report["copy_bandwidth_tb_s"] > 0
+    for backend in (dynamic, no_cache, compiled):
         figures = report["results"][backend]
         assert figures["e2e_latency_ms"]["median"] > figures["ttft_ms"]["median"] > 0
+        assert figures["compile_s"] >= 0 and figures["decode_bandwidth_tb_s"] > 0
+    assert report["results"][compiled]["compile_s"] >= report["build_seconds"] > 0
+    # FP16 on the CPU, tiny model: the three runs pick the same tokens
+    assert report["results"][compiled]["token_agreement"] == 1.0
+    assert report["results"][no_cache]["token_agreement"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-qwen2", "tiny-llama"])
+def test_inductor_fixed_shape_cache_matches_pytorch(model):
+    """The benchmarked configuration (inductor, static_v3) against Hugging Face's generate, FP32 on the CPU."""
+    result = run_llm("--model", model, "--compiler", "inductor", "--cache", "static_v3", "--precision", "FP32",
+                     "--num_tokens", "24", "--enable_pytorch_run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "PyTorch and Inductor outputs match: True"
+
+
+@pytest.mark.parametrize("capability, refused", [((9, 0), True), ((8, 6), False), ((12, 0), False)])
+def test_tensorrt_rtx_on_a_gpu_it_cannot_run_on(monkeypatch, capability, refused):
+    """With only torch-tensorrt-rtx installed, a compute capability 9.0 GPU is refused before any loading."""
+    import argparse
+
+    import utils
+
+    monkeypatch.setattr(utils, "_installed", lambda name: name == "torch-tensorrt-rtx")
+    monkeypatch.setattr(utils.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(utils.torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(utils.importlib.util, "find_spec", lambda name: object())
+    args = argparse.Namespace(num_tokens=1, batch_size=1, iterations=1, isl=1, min_block_size=1, device="cuda",
+                              compiler="tensorrt", cudagraph=False, baselines=None, benchmark=False)
+    if not refused:
+        utils.validate_common_arguments(args)
+        return
+    with pytest.raises(utils.UsageError, match=r"torch-tensorrt-rtx .* \(compute capability 9\.0\); install "
+                                               r"torch-tensorrt instead, or use --compiler inductor"):
+        utils.validate_common_arguments(args)

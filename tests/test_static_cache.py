@@ -1,4 +1,4 @@
-"""static_cache_v1 / v2: the lowered graph against the Hugging Face model's own generate."""
+"""static_cache_v1 / v2 / v3: the lowered graph against the Hugging Face model's own generate."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import torch
 
 import static_cache_common
 from conftest import DEVICES, FAMILIES, lowered_graph, prompt_ids, tiny_model
-from generate import (StopRule, allocate_caches, forward_with_cache, generate_no_cache, generate_static_cache,
-                      hf_generate)
+from generate import CachedModel, StopRule, generate_no_cache, generate_static_cache, hf_generate
 from register_sdpa import register_sdpa
+from static_cache_v3 import InPlaceCacheStep, takes_cache_position
 from utils import export_llm
 
-CACHES = ["", "static_v1", "static_v2"]
+STATIC_CACHES = ["static_v1", "static_v2", "static_v3"]
+CACHES = ["", *STATIC_CACHES]
 PROMPT_LEN, NEW_TOKENS = 10, 14  # tiny-gemma3's window is 8: generation runs past it
 
 
@@ -26,8 +27,14 @@ def _lowered_tokens(model, gm, ids, cache, new_tokens=NEW_TOKENS):
     with torch.no_grad():
         if not cache:
             return generate_no_cache(gm, ids, new_tokens, _stop(model))
-        caches = allocate_caches(gm, ids.shape[0], max_seq_len, model.dtype, ids.device)
-        return generate_static_cache(gm, ids, new_tokens, _stop(model), caches)
+        return generate_static_cache(_cached(gm, ids.shape[0], max_seq_len, model.dtype, ids.device), ids,
+                                     new_tokens, _stop(model))
+
+
+def _cached(gm, batch_size, max_seq_len, dtype, device="cpu"):
+    """The lowered graph, uncompiled, called as run_llm.py calls a compiled one."""
+    step = InPlaceCacheStep(gm) if takes_cache_position(gm) else gm
+    return CachedModel(step, gm, batch_size, max_seq_len, dtype, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -42,7 +49,7 @@ def test_tokens_match_hugging_face(family, cache, batch_size, device):
     assert torch.equal(_lowered_tokens(model, gm, ids, cache), expected)
 
 
-@pytest.mark.parametrize("cache", ["static_v1", "static_v2"])
+@pytest.mark.parametrize("cache", STATIC_CACHES)
 def test_gemma3_past_sliding_window(cache):
     """A short prompt and a long generation: most decode steps see more keys than the window."""
     model = tiny_model("tiny-gemma3")
@@ -54,22 +61,24 @@ def test_gemma3_past_sliding_window(cache):
     assert torch.equal(_lowered_tokens(model, gm, ids, cache, 30), expected)
 
 
-@pytest.mark.parametrize("cache", ["static_v1", "static_v2"])
+@pytest.mark.parametrize("cache", STATIC_CACHES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chunked_prefill_equals_one_prefill(family, cache):
     model = tiny_model(family)
     ids = prompt_ids(model, 2, 13, seed=3)
     gm = lowered_graph(model, 2, 20, cache)
+    whole, chunked = _cached(gm, 2, 20, model.dtype), _cached(gm, 2, 20, model.dtype)
     with torch.no_grad():
-        whole, whole_caches = forward_with_cache(gm, ids, allocate_caches(gm, 2, 20, model.dtype, "cpu"), 0)
-        _, caches = forward_with_cache(gm, ids[:, :8], allocate_caches(gm, 2, 20, model.dtype, "cpu"), 0)
-        second, chunk_caches = forward_with_cache(gm, ids[:, 8:], caches, 8)
-    torch.testing.assert_close(second, whole[:, 8:], atol=1e-5, rtol=1e-5)
-    for a, b in zip(chunk_caches, whole_caches):
+        whole_logits = whole(ids, 0)
+        chunked(ids[:, :8], 0)
+        second = chunked(ids[:, 8:], 8)
+    assert second.shape[1] == 1  # logits of the last position only
+    torch.testing.assert_close(second, whole_logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(chunked.caches, whole.caches):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cache", ["static_v1", "static_v2"])
+@pytest.mark.parametrize("cache", STATIC_CACHES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cache_inputs_are_hkv_wide(family, cache):
     model = tiny_model(family)
@@ -98,3 +107,16 @@ def test_a_cache_that_forgets_the_past_is_caught():
     gm = static_cache_common.add_static_cache(gm, PROMPT_LEN + NEW_TOKENS, forgetful, "forgetful")
     expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
     assert not torch.equal(_lowered_tokens(model, gm, ids, "forgetful"), expected)
+
+
+def test_v3_without_query_positions_is_caught():
+    """The comparison can fail for v3 too: attention that ignores cache_position sees the empty cache slots."""
+    import static_cache_v3
+
+    model = tiny_model("tiny-llama")
+    ids = prompt_ids(model, 1, PROMPT_LEN)
+    gm = register_sdpa(export_llm(model, 1, PROMPT_LEN + NEW_TOKENS))
+    gm = static_cache_common.add_static_cache(gm, PROMPT_LEN + NEW_TOKENS, static_cache_v3._join, "unpositioned",
+                                              position_inputs=(static_cache_v3.POSITION_INPUT,))
+    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    assert not torch.equal(_lowered_tokens(model, gm, ids, "unpositioned"), expected)

@@ -1,0 +1,101 @@
+"""Run a grid of run_llm.py benchmarks on a GPU and write the results as one Markdown table.
+
+    python benchmarks/run_grid.py --out results/ \\
+        --models Qwen/Qwen2.5-0.5B-Instruct meta-llama/Llama-3.2-1B-Instruct meta-llama/Llama-3.1-8B-Instruct \\
+        --shapes 128/128 2048/128 --batch_sizes 1 8
+
+Every configuration runs in its own process (a fresh GPU state, its own compile), with random
+weights in FP16 unless told otherwise, and writes its JSON next to the table. Each row of
+results.md carries the command that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
+           ("e2e_tokens_per_s", "E2E tok/s"), ("decode_bandwidth_tb_s", "decode TB/s"), ("peak_memory_gb", "peak GB"),
+           ("compile_s", "compile s"), ("token_agreement", "tokens = first row")]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the JSON files and results.md")
+    parser.add_argument("--models", nargs="+", required=True)
+    parser.add_argument("--shapes", nargs="+", default=["128/128"], help="ISL/OSL pairs")
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1])
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--precision", default="FP16")
+    parser.add_argument("--compiler", default="inductor")
+    parser.add_argument("--cache", default="static_v3")
+    parser.add_argument("--cudagraph", action=argparse.BooleanOptionalAction, default=True,
+                        help="pass --cudagraph to run_llm.py")
+    parser.add_argument("--baselines", nargs="*", default=["hf_dynamic", "hf_static"],
+                        help="PyTorch baselines measured in the same run (none: no baseline)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    return parser.parse_args()
+
+
+def command_for(args: argparse.Namespace, model: str, isl: int, osl: int, batch_size: int, json_path: str) -> list[str]:
+    command = ["python", "run_llm.py", "--model", model, "--random_weights", "--precision", args.precision,
+               "--compiler", args.compiler, "--cache", args.cache, "--benchmark", "--isl", str(isl),
+               "--num_tokens", str(osl), "--batch_size", str(batch_size), "--iterations", str(args.iterations)]
+    if args.cudagraph:
+        command.append("--cudagraph")
+    if args.baselines:
+        command += ["--enable_pytorch_run", "--baselines", *args.baselines]
+    return command + ["--output_json", json_path]
+
+
+def cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value['median'] if isinstance(value, dict) else value:.2f}"
+
+
+def main() -> None:
+    args = parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    lines = ["| model | batch | ISL/OSL | backend | " + " | ".join(title for _, title in COLUMNS) + " | command |",
+             "|---" * (len(COLUMNS) + 5) + "|"]
+    for model in args.models:
+        for shape in args.shapes:
+            isl, osl = (int(n) for n in shape.split("/"))
+            for batch_size in args.batch_sizes:
+                json_path = os.path.join(args.out, f"{model.replace('/', '_')}_b{batch_size}_{isl}_{osl}.json")
+                command = command_for(args, model, isl, osl, batch_size, json_path)
+                shown = shlex.join(command[:-2])
+                print(f"running: {shown}", flush=True)
+                try:
+                    done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True,
+                                          timeout=args.timeout)
+                except subprocess.TimeoutExpired:
+                    lines.append(f"| {model} | {batch_size} | {isl}/{osl} | timed out after {args.timeout} s |"
+                                 + " |" * len(COLUMNS) + f" `{shown}` |")
+                    continue
+                if done.returncode != 0:
+                    reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    print(reason, file=sys.stderr)
+                    lines.append(f"| {model} | {batch_size} | {isl}/{osl} | failed: {reason} |"
+                                 + " |" * len(COLUMNS) + f" `{shown}` |")
+                    continue
+                print(done.stdout.strip().splitlines()[0], flush=True)
+                with open(json_path) as f:
+                    results = json.load(f)["results"]
+                for backend, figures in results.items():
+                    cells = " | ".join(cell(figures.get(key)) for key, _ in COLUMNS)
+                    lines.append(f"| {model} | {batch_size} | {isl}/{osl} | {backend} | {cells} | `{shown}` |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
