@@ -2,7 +2,12 @@
 
 The lowered graph is exported once more (its canonical attention nodes have fake implementations)
 with the sequence length dynamic from 1 to max_seq_len, and compiled with the dtype the model
-already has (Torch-TensorRT 2.14 builds strongly typed networks).
+already has (Torch-TensorRT 2.14 builds strongly typed networks). Two rewrites come first, for
+what Torch-TensorRT cannot convert as it stands:
+  - static_cache_v3's `index_copy` becomes the equivalent `scatter` along the sequence dimension;
+  - a `view` whose size list has a -1 where the size is a known constant gets that constant
+    (TensorRT cannot always solve a wildcard next to a dynamic dimension; GPT-2 has one).
+Static caches are fixed-shape inputs; static_v1/v2's `start_idx`/`end_idx` are shape-tensor inputs.
 """
 
 from __future__ import annotations
@@ -12,8 +17,90 @@ import argparse
 import torch
 from torch.fx import GraphModule
 
-from static_cache_common import cache_inputs
-from utils import UsageError
+from static_cache_common import START_END, cache_inputs
+from static_cache_v3 import POSITION_INPUT
+
+
+def scatter_rows(cache: torch.Tensor, cache_position: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """cache.index_copy(2, cache_position, new) written as a scatter: cache [B, H, S, D], new [B, H, L, D]."""
+    index = cache_position.view(1, 1, -1, 1).expand(new.shape)
+    return cache.scatter(2, index, new)
+
+
+def prepare_for_tensorrt(gm: GraphModule) -> GraphModule:
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target == torch.ops.aten.index_copy.default and node.args[1] == 2:
+            cache, _, cache_position, new = node.args
+            node.target, node.args = scatter_rows, (cache, cache_position, new)
+        elif node.target == torch.ops.aten.view.default and -1 in list(node.args[1]) and "val" in node.meta:
+            shape = node.meta["val"].shape
+            sizes = [shape[i] if size == -1 and isinstance(shape[i], int) else size
+                     for i, size in enumerate(node.args[1])]
+            node.args = (node.args[0], sizes)
+    gm.recompile()
+    return gm
+
+
+def tensorrt_program(gm: GraphModule, batch_size: int, max_seq_len: int, device) -> tuple:
+    """(exported program, Torch-TensorRT input specs) of a lowered graph, with or without static caches."""
+    import torch_tensorrt
+
+    gm = prepare_for_tensorrt(gm)
+    seq = torch.export.Dim("seq", min=1, max=max_seq_len)
+    example_len = min(3, max_seq_len)
+    tokens = torch.zeros(batch_size, example_len, dtype=torch.long, device=device)
+    token_spec = torch_tensorrt.Input(min_shape=(batch_size, 1), opt_shape=(batch_size, max_seq_len),
+                                      max_shape=(batch_size, max_seq_len), dtype=torch.int64)
+    args, dynamic, specs = [tokens, tokens], [{1: seq}, {1: seq}], [token_spec, token_spec]
+    for node in cache_inputs(gm):
+        meta = node.meta["val"]
+        args.append(torch.zeros(meta.shape, dtype=meta.dtype, device=device))
+        dynamic.append(None)
+        specs.append(torch_tensorrt.Input(shape=tuple(meta.shape), dtype=meta.dtype))
+    names = [node.name for node in gm.graph.find_nodes(op="placeholder")]
+    if POSITION_INPUT in names:
+        args.append(torch.arange(example_len, device=device))
+        dynamic.append({0: seq})
+        specs.append(torch_tensorrt.Input(min_shape=(1,), opt_shape=(max_seq_len,), max_shape=(max_seq_len,),
+                                          dtype=torch.int64))
+    elif START_END[0] in names:
+        args += [0, example_len]
+        dynamic += [torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC]
+        # Scalar shape tensors: min/opt/max are the values start_idx and end_idx take.
+        specs += [torch_tensorrt.Input(min_shape=(0,), opt_shape=(0,), max_shape=(max_seq_len - 1,),
+                                       dtype=torch.int64, is_shape_tensor=True),
+                  torch_tensorrt.Input(min_shape=(1,), opt_shape=(max_seq_len,), max_shape=(max_seq_len,),
+                                       dtype=torch.int64, is_shape_tensor=True)]
+    program = torch.export.export(gm, tuple(args), dynamic_shapes=tuple(dynamic), strict=False)
+    return program, specs
+
+
+def compile_plugin_with_tensorrt(plugin_lm: torch.nn.Module, args: argparse.Namespace, caches: list[torch.Tensor],
+                                 max_seq_len: int):
+    """A PluginCausalLM (plugin_model.py) as one engine, its attention the Edge-LLM AttentionPlugin."""
+    import torch_tensorrt
+
+    import plugin_converter  # noqa: F401  (registers the op's converter)
+    from plugin_attention import rope_table
+
+    batch_size, device = caches[0].shape[0], args.device
+    rope = rope_table(plugin_lm.model.model.rotary_emb, max_seq_len, device)
+    tokens = torch.zeros(batch_size, min(3, max_seq_len), dtype=torch.long, device=device)
+    per_row = torch.zeros(batch_size, dtype=torch.int32, device=device)
+    seq = torch.export.Dim("seq", min=1, max=max_seq_len)
+    program = torch.export.export(plugin_lm, (tokens, per_row, rope, per_row, *caches),
+                                  dynamic_shapes=({1: seq}, None, None, None, (None,) * len(caches)), strict=False)
+    specs = [torch_tensorrt.Input(min_shape=(batch_size, 1), opt_shape=(batch_size, max_seq_len),
+                                  max_shape=(batch_size, max_seq_len), dtype=torch.int64),
+             torch_tensorrt.Input(shape=(batch_size,), dtype=torch.int32),
+             torch_tensorrt.Input(shape=tuple(rope.shape), dtype=torch.float32),
+             torch_tensorrt.Input(shape=(batch_size,), dtype=torch.int32),
+             *[torch_tensorrt.Input(shape=tuple(c.shape), dtype=c.dtype) for c in caches]]
+    compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=args.min_block_size)
+    torch_tensorrt.runtime.set_cudagraphs_mode(args.cudagraph)
+    return compiled
 
 
 def compile_with_tensorrt(gm: GraphModule, args: argparse.Namespace, batch_size: int, max_seq_len: int):
@@ -21,15 +108,7 @@ def compile_with_tensorrt(gm: GraphModule, args: argparse.Namespace, batch_size:
 
     import sdpa_converter  # noqa: F401  (registers the canonical node's converter)
 
-    if cache_inputs(gm):
-        raise UsageError("--compiler tensorrt does not take static cache graphs yet; use --cache '' with TensorRT, "
-                         "or --compiler inductor / eager with a static cache")
-    device = args.device
-    example = torch.zeros(batch_size, min(4, max_seq_len), dtype=torch.long, device=device)
-    seq = torch.export.Dim("seq", min=1, max=max_seq_len)
-    program = torch.export.export(gm, (example, example), dynamic_shapes=({1: seq}, {1: seq}), strict=False)
-    specs = [torch_tensorrt.Input(min_shape=(batch_size, 1), opt_shape=(batch_size, max_seq_len),
-                                  max_shape=(batch_size, max_seq_len), dtype=torch.int64)] * 2
+    program, specs = tensorrt_program(gm, batch_size, max_seq_len, args.device)
     compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=args.min_block_size,
                                              use_fp32_acc=args.precision == "FP16")
     torch_tensorrt.runtime.set_cudagraphs_mode(args.cudagraph)

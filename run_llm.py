@@ -20,12 +20,13 @@ from functools import partial
 import torch
 
 import plugin_utils
+from plugin_model import PluginCausalLM, allocate_plugin_caches, compile_plugin_model, generate_plugin
 from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, format_table, run_benchmark, token_agreement,
                        write_json)
 from generate import (CachedModel, StopRule, generate_no_cache, generate_static_cache, hf_forward_no_cache,
                       hf_generate)
 from utils import (BASELINES, COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, check_positions,
-                   compile_lowered, eos_token_ids, export_llm, load_config, load_model, load_tokenizer,
+                   compile_lowered, logger, eos_token_ids, export_llm, load_config, load_model, load_tokenizer,
                    lower, pad_token_id, print_generation, print_match, run_main, validate_common_arguments)
 
 
@@ -55,9 +56,11 @@ def input_ids_for(args: argparse.Namespace, tokenizer, config) -> torch.Tensor:
 
 def main(args: argparse.Namespace) -> None:
     validate_common_arguments(args)
-    if args.backend == "plugin":
-        plugin_utils.check_plugin_backend(args)
     config = load_config(args)
+    if args.backend == "plugin":
+        plugin_utils.check_plugin_backend(args, config)
+        if args.cache:
+            logger.warning("--cache %s is ignored with --backend plugin: the plugin has its own KV cache", args.cache)
     tokenizer = load_tokenizer(args, config)
     input_ids = input_ids_for(args, tokenizer, config)
     max_seq_len = input_ids.shape[1] + args.num_tokens
@@ -65,11 +68,15 @@ def main(args: argparse.Namespace) -> None:
 
     model = load_model(args, config)
     eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
-    label = COMPILER_LABELS[args.compiler]
+    label = COMPILER_LABELS[args.compiler] + ("-Plugin" if args.backend == "plugin" else "")
 
     start = time.perf_counter()
-    lowered = lower(export_llm(model, args.batch_size, max_seq_len), args.cache, max_seq_len)
-    compiled = compile_lowered(lowered, args, max_seq_len)
+    if args.backend == "plugin":
+        plugin_caches = allocate_plugin_caches(model, args.batch_size, max_seq_len, DTYPES[args.precision], args.device)
+        compiled = compile_plugin_model(PluginCausalLM(model), args, plugin_caches, max_seq_len)
+    else:
+        lowered = lower(export_llm(model, args.batch_size, max_seq_len), args.cache, max_seq_len)
+        compiled = compile_lowered(lowered, args, max_seq_len)
     build_seconds = time.perf_counter() - start
 
     def stop_rule() -> StopRule:
@@ -77,6 +84,11 @@ def main(args: argparse.Namespace) -> None:
 
     def run_compiled(on_first_token=None) -> torch.Tensor:
         with torch.no_grad():
+            if args.backend == "plugin":
+                for cache in plugin_caches:
+                    cache.zero_()
+                return generate_plugin(compiled, model, input_ids, args.num_tokens, stop_rule(), plugin_caches,
+                                       on_first_token)
             if not args.cache:
                 return generate_no_cache(compiled, input_ids, args.num_tokens, stop_rule(), on_first_token)
             cached = CachedModel(compiled, lowered, args.batch_size, max_seq_len, DTYPES[args.precision], args.device)
@@ -110,9 +122,9 @@ def main(args: argparse.Namespace) -> None:
     if args.enable_pytorch_run:
         for baseline in args.baselines:
             measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
-    cache = f", {args.cache}" if args.cache else ", no cache"
-    measured[f"{label}{cache}{', CUDA graphs' if args.cudagraph else ''}"] = measure(run_compiled,
-                                                                                  build_s=build_seconds)
+    row = label if args.backend == "plugin" else f"{label}, {args.cache or 'no cache'}"
+    row += ", CUDA graphs" if args.cudagraph else ""
+    measured[row] = measure(run_compiled, build_s=build_seconds)
     reference = next(iter(measured.values())).tokens if args.enable_pytorch_run else None
     for row in list(measured.values())[1:] if reference is not None else []:
         row.figures["token_agreement"] = token_agreement(reference, row.tokens, args.isl)

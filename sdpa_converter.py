@@ -5,7 +5,8 @@ It builds the attention out of plain TensorRT layers, with dynamic query and key
     q [B, Hq, L, D] -> [B, Hkv, G, L, D]       (G = Hq / Hkv query heads per K/V head)
     k, v [B, Hkv, S, D] -> [B, Hkv, 1, S, D]   (broadcast over G: repeated K/V are never materialised)
     scores = q @ k^T * scale                   [B, Hkv, G, L, S]
-    hidden where j > i + S - L  (bottom-right causal), or j <= i + S - L - window (sliding window)
+    hidden where j > p_i, or j <= p_i - window (sliding window);
+        p_i = i + S - L (bottom-right causal), or query_positions[i] when the node has them (static_cache_v3)
     out = softmax(scores) @ v -> [B, Hq, L, D]
 
 With FP16 inputs and `use_fp32_acc` set, the whole attention runs in FP32 and is cast back.
@@ -53,13 +54,29 @@ def _elementwise(ctx: ConversionContext, name: str, a: trt.ITensor, b: trt.ITens
     return layer.get_output(0)
 
 
-def _dim(ctx: ConversionContext, name: str, tensor: trt.ITensor, axis: int) -> trt.ITensor:
-    """tensor.shape[axis] as an integer [1] shape tensor."""
+def _dims(ctx: ConversionContext, name: str, tensor: trt.ITensor, axes: list[int]) -> trt.ITensor:
+    """tensor.shape[axes] as an integer shape tensor [len(axes)], read at run time."""
     shape = ctx.net.add_shape(tensor)
     shape.name = f"{name}_shape"
-    gather = ctx.net.add_gather(shape.get_output(0), _constant(ctx, f"{name}_axis", np.array([axis], np.int32)), 0)
+    gather = ctx.net.add_gather(shape.get_output(0), _constant(ctx, f"{name}_axes", np.array(axes, np.int32)), 0)
     gather.name = f"{name}_gather"
     return gather.get_output(0)
+
+
+def _dim(ctx: ConversionContext, name: str, tensor: trt.ITensor, axis: int) -> trt.ITensor:
+    return _dims(ctx, name, tensor, [axis])
+
+
+def _reshape_to(ctx: ConversionContext, name: str, tensor: trt.ITensor, parts: list[trt.ITensor]) -> trt.ITensor:
+    """Reshape to the concatenation of shape tensors: no -1 wildcard, which TensorRT cannot always solve
+    when more than one input dimension is only known at run time."""
+    concat = ctx.net.add_concatenation(parts)
+    concat.axis = 0
+    concat.name = f"{name}_dims"
+    layer = ctx.net.add_shuffle(tensor)
+    layer.set_input(1, concat.get_output(0))
+    layer.name = name
+    return layer.get_output(0)
 
 
 def _positions(ctx: ConversionContext, name: str, length: trt.ITensor) -> trt.ITensor:
@@ -75,15 +92,23 @@ def _positions(ctx: ConversionContext, name: str, length: trt.ITensor) -> trt.IT
 
 
 def _hidden_mask(ctx: ConversionContext, name: str, q5: trt.ITensor, k5: trt.ITensor,
-                 window: int | None) -> trt.ITensor:
-    """bool [1, 1, 1, L, S]: True where query i may NOT see key j (bottom-right causal, optional window)."""
-    q_len, kv_len = _dim(ctx, f"{name}_L", q5, 3), _dim(ctx, f"{name}_S", k5, 3)
-    rows = _reshape(ctx, f"{name}_rows", _positions(ctx, f"{name}_i", q_len), (1, 1, 1, -1, 1))  # [.., L, 1]
+                 window: int | None, query_positions: trt.ITensor | None) -> trt.ITensor:
+    """bool [1, 1, 1, L, S]: True where query i may NOT see key j (causal, optional window).
+
+    Query i sits at query_positions[i] when given, else at i + S - L (bottom-right).
+    """
+    kv_len = _dim(ctx, f"{name}_S", k5, 3)
     cols = _reshape(ctx, f"{name}_cols", _positions(ctx, f"{name}_j", kv_len), (1, 1, 1, 1, -1))  # [.., 1, S]
-    offset = _elementwise(ctx, f"{name}_offset", _cast(ctx, f"{name}_S_float", kv_len, trt.float32),
-                          _cast(ctx, f"{name}_L_float", q_len, trt.float32), trt.ElementWiseOperation.SUB)
-    offset = _reshape(ctx, f"{name}_offset5", offset, (1, 1, 1, 1, 1))  # S - L
-    last_visible = _elementwise(ctx, f"{name}_last", rows, offset, trt.ElementWiseOperation.SUM)  # i + S - L
+    if query_positions is not None:
+        positions = _cast(ctx, f"{name}_positions_float", query_positions, trt.float32)
+        last_visible = _reshape(ctx, f"{name}_last", positions, (1, 1, 1, -1, 1))  # [.., L, 1]
+    else:
+        q_len = _dim(ctx, f"{name}_L", q5, 3)
+        rows = _reshape(ctx, f"{name}_rows", _positions(ctx, f"{name}_i", q_len), (1, 1, 1, -1, 1))  # [.., L, 1]
+        offset = _elementwise(ctx, f"{name}_offset", _cast(ctx, f"{name}_S_float", kv_len, trt.float32),
+                              _cast(ctx, f"{name}_L_float", q_len, trt.float32), trt.ElementWiseOperation.SUB)
+        offset = _reshape(ctx, f"{name}_offset5", offset, (1, 1, 1, 1, 1))  # S - L
+        last_visible = _elementwise(ctx, f"{name}_last", rows, offset, trt.ElementWiseOperation.SUM)  # i + S - L
     hidden = _elementwise(ctx, f"{name}_future", cols, last_visible, trt.ElementWiseOperation.GREATER)
     if window is not None:
         first_visible = _elementwise(ctx, f"{name}_first", last_visible,
@@ -95,20 +120,26 @@ def _hidden_mask(ctx: ConversionContext, name: str, q5: trt.ITensor, k5: trt.ITe
 
 
 def attention_layers(ctx: ConversionContext, name: str, q: trt.ITensor, k: trt.ITensor, v: trt.ITensor,
-                     scale: float, causal: bool, window: int | None, fp32_acc: bool) -> trt.ITensor:
+                     scale: float, causal: bool, window: int | None, fp32_acc: bool,
+                     query_positions: trt.ITensor | None = None) -> trt.ITensor:
     """Add the canonical attention to ctx.net; returns out [B, Hq, L, D] in q's dtype."""
-    batch, q_heads, _, head_dim = q.shape
-    kv_heads = k.shape[1]
-    groups = q_heads // kv_heads
     out_dtype = q.dtype
     compute = trt.float32 if fp32_acc else out_dtype
     q = _cast(ctx, f"{name}_q_acc", q, compute)
     k = _cast(ctx, f"{name}_k_acc", k, compute)
     v = _cast(ctx, f"{name}_v_acc", v, compute)
 
-    q5 = _reshape(ctx, f"{name}_q5", q, (batch, kv_heads, groups, -1, head_dim))  # [B, Hkv, G, L, D]
-    k5 = _reshape(ctx, f"{name}_k5", k, (batch, kv_heads, 1, -1, head_dim))  # [B, Hkv, 1, S, D]
-    v5 = _reshape(ctx, f"{name}_v5", v, (batch, kv_heads, 1, -1, head_dim))
+    q_shape = _dims(ctx, f"{name}_q", q, [0, 1, 2, 3])  # B, Hq, L, D
+    kv_heads = _dims(ctx, f"{name}_Hkv", k, [1])
+    groups = _elementwise(ctx, f"{name}_G", _dims(ctx, f"{name}_Hq", q, [1]), kv_heads,
+                          trt.ElementWiseOperation.FLOOR_DIV)
+    one = _constant(ctx, f"{name}_one", np.array([1], np.int64))
+    q5 = _reshape_to(ctx, f"{name}_q5", q, [_dims(ctx, f"{name}_B", q, [0]), kv_heads, groups,
+                                             _dims(ctx, f"{name}_LD", q, [2, 3])])  # [B, Hkv, G, L, D]
+    k5 = _reshape_to(ctx, f"{name}_k5", k, [_dims(ctx, f"{name}_BHkv", k, [0, 1]), one,
+                                             _dims(ctx, f"{name}_SD", k, [2, 3])])  # [B, Hkv, 1, S, D]
+    v5 = _reshape_to(ctx, f"{name}_v5", v, [_dims(ctx, f"{name}_vBHkv", v, [0, 1]), one,
+                                             _dims(ctx, f"{name}_vSD", v, [2, 3])])
 
     qk = ctx.net.add_matrix_multiply(q5, trt.MatrixOperation.NONE, k5, trt.MatrixOperation.TRANSPOSE)
     qk.name = f"{name}_qk"
@@ -117,7 +148,7 @@ def attention_layers(ctx: ConversionContext, name: str, q: trt.ITensor, k: trt.I
                           _constant(ctx, f"{name}_scale_value", np.full((1,) * 5, scale, dtype=np_dtype)),
                           trt.ElementWiseOperation.PROD)  # [B, Hkv, G, L, S]
     if causal:
-        hidden = _hidden_mask(ctx, name, q5, k5, window)  # [1, 1, 1, L, S]
+        hidden = _hidden_mask(ctx, name, q5, k5, window, query_positions)  # [1, 1, 1, L, S]
         neg_inf = _constant(ctx, f"{name}_neg_inf", np.full((1,) * 5, -np.inf, dtype=np_dtype))
         select = ctx.net.add_select(hidden, neg_inf, scores)
         select.name = f"{name}_masked"
@@ -127,7 +158,7 @@ def attention_layers(ctx: ConversionContext, name: str, q: trt.ITensor, k: trt.I
     softmax.name = f"{name}_softmax"
     pv = ctx.net.add_matrix_multiply(softmax.get_output(0), trt.MatrixOperation.NONE, v5, trt.MatrixOperation.NONE)
     pv.name = f"{name}_pv"
-    out = _reshape(ctx, f"{name}_out", pv.get_output(0), (batch, q_heads, -1, head_dim))  # [B, Hq, L, D]
+    out = _reshape_to(ctx, f"{name}_out", pv.get_output(0), [q_shape])  # [B, Hq, L, D]
     return _cast(ctx, f"{name}_out_cast", out, out_dtype)
 
 
@@ -135,5 +166,6 @@ def attention_layers(ctx: ConversionContext, name: str, q: trt.ITensor, k: trt.I
 def convert_attention(ctx: ConversionContext, target, args, kwargs, name: str):
     q, k, v, scale, causal = args[:5]
     window = args[5] if len(args) > 5 else kwargs.get("sliding_window")
+    query_positions = args[6] if len(args) > 6 else kwargs.get("query_positions")
     fp32_acc = bool(ctx.compilation_settings.use_fp32_acc) and q.dtype == trt.float16
-    return attention_layers(ctx, name, q, k, v, float(scale), bool(causal), window, fp32_acc)
+    return attention_layers(ctx, name, q, k, v, float(scale), bool(causal), window, fp32_acc, query_positions)

@@ -42,7 +42,7 @@ BAD_INPUTS = {
                         ["--num_tokens must be at least 1"]),
     "plugin-missing": (["--model", "tiny-llama", "--compiler", "eager", "--backend", "plugin",
                         "--plugin_path", "/nonexistent/libNvInfer_edgellm_plugin.so"], {},
-                       ["/nonexistent/libNvInfer_edgellm_plugin.so does not exist", "--backend sdpa"]),
+                       ["/nonexistent/libNvInfer_edgellm_plugin.so does not exist", "leave --plugin_path out"]),
 }
 
 

@@ -64,6 +64,43 @@ def test_one_network_serves_two_lengths():
         torch.testing.assert_close(evaluate_attention(network, q, k, v), expected, atol=1e-5, rtol=1e-5)
 
 
+class PositionedAttention(torch.nn.Module):
+    """static_cache_v3's node: queries at given positions, keys the whole (fixed-length) cache."""
+
+    def __init__(self, window):
+        super().__init__()
+        self.window = window
+
+    def forward(self, q, k, v, positions):
+        return torch.ops.llm_tools.attention(q, k, v, 0.25, True, self.window, positions)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_query_positions_match_canonical_node(window):
+    """Decode at position 9 and a chunk at 5..8 against a 16-slot cache, from one network."""
+    torch_tensorrt = import_torch_tensorrt()
+    from utils import plain_graph_module
+
+    q, k, v = _qkv(8, 2, 3, 16)
+    L = torch.export.Dim("L", min=1, max=16)
+    program = torch.export.export(PositionedAttention(window), (q, k, v, torch.arange(3)),
+                                  dynamic_shapes=({2: L}, None, None, {0: L}))
+    specs = [torch_tensorrt.Input(min_shape=(2, 8, 1, 16), opt_shape=(2, 8, 3, 16), max_shape=(2, 8, 16, 16)),
+             torch_tensorrt.Input(shape=(2, 2, 16, 16)), torch_tensorrt.Input(shape=(2, 2, 16, 16)),
+             torch_tensorrt.Input(min_shape=(1,), opt_shape=(3,), max_shape=(16,), dtype=torch.int64)]
+    network = network_of(plain_graph_module(program), specs)
+    from trt_reference import evaluate
+
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    for positions in (torch.tensor([9]), torch.arange(5, 9)):
+        q, _, _ = _qkv(8, 2, len(positions), 16)
+        expected = torch.ops.llm_tools.attention(q, k, v, 0.25, True, window, positions)
+        (out,) = evaluate(network, dict(zip(names, (q.numpy(), k.numpy(), v.numpy(), positions.numpy())))).values()
+        torch.testing.assert_close(torch.from_numpy(out), expected, atol=1e-5, rtol=1e-5)
+        # the positions matter: the bottom-right default (query at 15) differs
+        assert not torch.allclose(expected, torch.ops.llm_tools.attention(q, k, v, 0.25, True, window), atol=1e-3)
+
+
 def test_gqa_is_not_materialised():
     """K/V enter the matrix products Hkv wide: repeated K/V are broadcast, never built."""
     import tensorrt as trt

@@ -1,4 +1,7 @@
-"""Whole models through Torch-TensorRT into serialized engines, on a machine with no GPU (nothing runs)."""
+"""Whole models through Torch-TensorRT into serialized engines, on a machine with no GPU (nothing runs).
+
+The exported program and input specs are the ones --compiler tensorrt builds (compile_tensorrt.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from unittest import mock
 import pytest
 import torch
 
-from conftest import lowered_graph, tiny_model
+from conftest import FAMILIES, lowered_graph, tiny_model
 from trt_helpers import import_torch_tensorrt
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.slow]
@@ -27,16 +30,16 @@ class _BuiltEngine:
         return None
 
 
-def build_engine(family: str) -> tuple[bytes, list[str]]:
-    """The serialized engine of a family's lowered no-cache graph, and the targets of every converted node."""
+def build_engine(family: str, cache: str) -> tuple[bytes, list]:
+    """The serialized engine of a family's lowered graph, and the targets of every converted node."""
     torch_tensorrt = import_torch_tensorrt()
     import tensorrt as trt
     from torch_tensorrt.dynamo.conversion import _TRTInterpreter
 
-    gm = lowered_graph(tiny_model(family), 1, MAX_SEQ_LEN, "")
-    example = torch.zeros(1, 3, dtype=torch.long)
-    seq = torch.export.Dim("seq", min=1, max=MAX_SEQ_LEN)
-    program = torch.export.export(gm, (example, example), dynamic_shapes=({1: seq}, {1: seq}))
+    from compile_tensorrt import tensorrt_program
+
+    program, specs = tensorrt_program(lowered_graph(tiny_model(family), 1, MAX_SEQ_LEN, cache), 1, MAX_SEQ_LEN,
+                                      "cpu")
     converted = []
     original_run_node = _TRTInterpreter.TRTInterpreter.run_node
 
@@ -48,14 +51,16 @@ def build_engine(family: str) -> tuple[bytes, list[str]]:
     stand_in = mock.patch.object(trt.Runtime, "deserialize_cuda_engine", lambda self, data: _BuiltEngine(data),
                                  create=True)
     with stand_in, mock.patch.object(_TRTInterpreter.TRTInterpreter, "run_node", recording_run_node):
+        # One engine for the whole graph: this call fails if any node has no converter.
         engine = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
-            program, arg_inputs=[example, example], min_block_size=1)
+            program, arg_inputs=specs, min_block_size=1)
     return bytes(engine), converted
 
 
-@pytest.mark.parametrize("family", ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"])
-def test_no_cache_graph_builds_an_engine_with_every_attention_converted(family):
-    engine, converted = build_engine(family)
+@pytest.mark.parametrize("cache", ["", "static_v1", "static_v2", "static_v3"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graph_builds_an_engine_with_every_attention_converted(family, cache):
+    engine, converted = build_engine(family, cache)
     assert len(engine) > 100_000
     attention = torch.ops.llm_tools.attention.default
     assert converted.count(attention) == tiny_model(family).config.num_hidden_layers

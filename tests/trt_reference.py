@@ -17,7 +17,7 @@ _ELEMENTWISE = {
     trt.ElementWiseOperation.MAX: np.maximum, trt.ElementWiseOperation.MIN: np.minimum,
     trt.ElementWiseOperation.GREATER: np.greater, trt.ElementWiseOperation.LESS: np.less,
     trt.ElementWiseOperation.EQUAL: np.equal, trt.ElementWiseOperation.OR: np.logical_or,
-    trt.ElementWiseOperation.AND: np.logical_and,
+    trt.ElementWiseOperation.AND: np.logical_and, trt.ElementWiseOperation.FLOOR_DIV: np.floor_divide,
 }
 _CLASSES = {
     trt.LayerType.SHUFFLE: trt.IShuffleLayer, trt.LayerType.MATRIX_MULTIPLY: trt.IMatrixMultiplyLayer,
@@ -25,14 +25,15 @@ _CLASSES = {
     trt.LayerType.SHAPE: trt.IShapeLayer, trt.LayerType.GATHER: trt.IGatherLayer,
     trt.LayerType.FILL: trt.IFillLayer, trt.LayerType.CAST: trt.ICastLayer,
     trt.LayerType.SELECT: trt.ISelectLayer, trt.LayerType.SOFTMAX: trt.ISoftMaxLayer,
+    trt.LayerType.CONCATENATION: trt.IConcatenationLayer,
 }
 
 
-def _shuffle(layer, x):
+def _shuffle(layer, x, dims_input=None):
     x = np.transpose(x, tuple(layer.first_transpose)[: x.ndim])
+    if dims_input is not None:  # the dimensions come from a shape tensor
+        return np.transpose(x.reshape([int(d) for d in dims_input]), tuple(layer.second_transpose)[: len(dims_input)])
     dims = list(layer.reshape_dims)
-    if layer.num_inputs > 1 and layer.get_input(1) is not None:
-        raise NotImplementedError("dynamic reshape input")
     if dims or len(layer.reshape_dims) == 0:
         if layer.zero_is_placeholder:
             dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
@@ -75,7 +76,7 @@ def evaluate(network: trt.INetworkDefinition, inputs: dict[str, np.ndarray]) -> 
         args = [values[layer.get_input(i).name] if layer.get_input(i) is not None else None
                 for i in range(layer.num_inputs)]
         if kind == trt.LayerType.SHUFFLE:
-            out = _shuffle(layer, args[0])
+            out = _shuffle(layer, args[0], args[1] if len(args) > 1 else None)
         elif kind == trt.LayerType.MATRIX_MULTIPLY:
             out = _matmul(layer, *args)
         elif kind == trt.LayerType.CONSTANT:
@@ -92,6 +93,8 @@ def evaluate(network: trt.INetworkDefinition, inputs: dict[str, np.ndarray]) -> 
             out = args[0].astype(_DTYPES[layer.to_type])
         elif kind == trt.LayerType.SELECT:
             out = np.where(*args)
+        elif kind == trt.LayerType.CONCATENATION:
+            out = np.concatenate(args, axis=layer.axis)
         else:
             out = _softmax(layer, args[0])
         values[layer.get_output(0).name] = np.asarray(out)
