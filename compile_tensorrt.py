@@ -43,17 +43,26 @@ def prepare_for_tensorrt(gm: GraphModule) -> GraphModule:
     return gm
 
 
-def tensorrt_program(gm: GraphModule, batch_size: int, max_seq_len: int, device) -> tuple:
+def tensorrt_program(gm: GraphModule, max_seq_len: int, device) -> tuple:
     """(exported program, Torch-TensorRT input specs) of a lowered graph, with or without static caches."""
     import torch_tensorrt
 
     gm = prepare_for_tensorrt(gm)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     example_len = min(3, max_seq_len)
-    tokens = torch.zeros(batch_size, example_len, dtype=torch.long, device=device)
-    token_spec = torch_tensorrt.Input(min_shape=(batch_size, 1), opt_shape=(batch_size, max_seq_len),
-                                      max_shape=(batch_size, max_seq_len), dtype=torch.int64)
-    args, dynamic, specs = [tokens, tokens], [{1: seq}, {1: seq}], [token_spec, token_spec]
+    args, dynamic, specs = [], [], []
+    for node in gm.graph.find_nodes(op="placeholder")[:2]:  # ids or embeddings, and position ids
+        meta = node.meta["val"]
+        sizes = [(i, size) for i, size in enumerate(meta.shape)]
+        seq_dims = [i for i, size in sizes if isinstance(size, torch.SymInt)]  # the sequence length
+
+        def shape(length):
+            return tuple(length if i in seq_dims else int(size) for i, size in sizes)
+
+        args.append(torch.zeros(shape(example_len), dtype=meta.dtype, device=device))
+        dynamic.append({i: seq for i in seq_dims})
+        specs.append(torch_tensorrt.Input(min_shape=shape(1), opt_shape=shape(max_seq_len),
+                                          max_shape=shape(max_seq_len), dtype=meta.dtype))
     for node in cache_inputs(gm):
         meta = node.meta["val"]
         args.append(torch.zeros(meta.shape, dtype=meta.dtype, device=device))
@@ -103,12 +112,12 @@ def compile_plugin_with_tensorrt(plugin_lm: torch.nn.Module, args: argparse.Name
     return compiled
 
 
-def compile_with_tensorrt(gm: GraphModule, args: argparse.Namespace, batch_size: int, max_seq_len: int):
+def compile_with_tensorrt(gm: GraphModule, args: argparse.Namespace, max_seq_len: int):
     import torch_tensorrt
 
     import sdpa_converter  # noqa: F401  (registers the canonical node's converter)
 
-    program, specs = tensorrt_program(gm, batch_size, max_seq_len, args.device)
+    program, specs = tensorrt_program(gm, max_seq_len, args.device)
     compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=args.min_block_size,
                                              use_fp32_acc=args.precision == "FP16")
     torch_tensorrt.runtime.set_cudagraphs_mode(args.cudagraph)

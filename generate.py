@@ -45,6 +45,26 @@ def positions(start: int, end: int, batch_size: int, device) -> torch.Tensor:
     return torch.arange(start, end, device=device).unsqueeze(0).expand(batch_size, -1)  # [B, end - start]
 
 
+@dataclass
+class Prompt:
+    """What the loops feed a graph: the prompt's input, how new tokens become input, and their positions.
+
+    For text the input is token ids and positions count from 0. A VLM's language model takes
+    embeddings (the image's merged in) and multimodal positions [3, B, L] (run_vlm.py builds those).
+    """
+
+    input_ids: torch.Tensor  # [B, T]: the ids the output starts with
+    first_input: torch.Tensor  # [B, T] ids or [B, T, H] embeddings
+    embed: Callable[[torch.Tensor], torch.Tensor]  # new tokens [B, n] -> graph input
+    position_ids: Callable[[int, int], torch.Tensor]  # (start, end) -> positions of those tokens
+
+    @classmethod
+    def text(cls, input_ids: torch.Tensor) -> "Prompt":
+        batch_size = input_ids.shape[0]
+        return cls(input_ids, input_ids, lambda tokens: tokens,
+                   lambda start, end: positions(start, end, batch_size, input_ids.device))
+
+
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, -1].argmax(dim=-1)  # [B]
 
@@ -52,15 +72,15 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ no cache
 
 
-def generate_no_cache(model: Callable, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
+def generate_no_cache(model: Callable, prompt: Prompt, num_tokens: int, stop: StopRule,
                       on_first_token: Callable[[], None] | None = None) -> torch.Tensor:
     """Feed the whole sequence at every step: [B, T] -> [B, T + generated]."""
-    tokens = input_ids
-    batch_size = input_ids.shape[0]
+    tokens, sequence = prompt.input_ids, prompt.first_input
     for step in range(num_tokens):
-        logits = model(tokens, positions(0, tokens.shape[1], batch_size, tokens.device))[0]  # [B, T, V]
+        logits = model(sequence, prompt.position_ids(0, sequence.shape[1]))[0]  # [B, 1, V]
         next_token = stop.apply(greedy(logits))
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        sequence = torch.cat([sequence, prompt.embed(next_token[:, None])], dim=1)
         if step == 0 and on_first_token is not None:
             on_first_token()
         if stop.all_done():
@@ -98,33 +118,31 @@ class CachedModel:
             for cache in self.caches:
                 torch._dynamo.mark_static_address(cache)
 
-    def __call__(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
-        """logits [B, L, V] of input_ids [B, L] at positions start..start + L; the caches take their K/V."""
-        batch_size, length = input_ids.shape[:2]
-        end = start + length
-        position_ids = positions(start, end, batch_size, input_ids.device)
+    def __call__(self, inputs: torch.Tensor, position_ids: torch.Tensor, start: int) -> torch.Tensor:
+        """logits of inputs [B, L] (or [B, L, H]) at cache slots start..start + L; the caches take their K/V."""
+        end = start + inputs.shape[1]
         if self.in_place:
-            cache_position = torch.arange(start, end, device=input_ids.device)
-            return self.model(input_ids, position_ids, *self.caches, cache_position)[0]
-        logits, *self.caches = self.model(input_ids, position_ids, *self.caches, start, end)
+            cache_position = torch.arange(start, end, device=inputs.device)
+            return self.model(inputs, position_ids, *self.caches, cache_position)[0]
+        logits, *self.caches = self.model(inputs, position_ids, *self.caches, start, end)
         return logits
 
 
-def generate_static_cache(model: CachedModel, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
+def generate_static_cache(model: CachedModel, prompt: Prompt, num_tokens: int, stop: StopRule,
                           on_first_token: Callable[[], None] | None = None) -> torch.Tensor:
     """Prefill the prompt into the caches, then decode one token a step: [B, T] -> [B, T + generated]."""
-    next_token = stop.apply(greedy(model(input_ids, 0)))
+    prompt_len = prompt.first_input.shape[1]
+    next_token = stop.apply(greedy(model(prompt.first_input, prompt.position_ids(0, prompt_len), 0)))
     generated = [next_token]
     if on_first_token is not None:
         on_first_token()
-    position = input_ids.shape[1]
-    for _ in range(num_tokens - 1):
+    for position in range(prompt_len, prompt_len + num_tokens - 1):
         if stop.all_done():
             break
-        next_token = stop.apply(greedy(model(next_token[:, None], position)))
+        logits = model(prompt.embed(next_token[:, None]), prompt.position_ids(position, position + 1), position)
+        next_token = stop.apply(greedy(logits))
         generated.append(next_token)
-        position += 1
-    return torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1)
+    return torch.cat([prompt.input_ids, torch.stack(generated, dim=1)], dim=1)
 
 
 # ------------------------------------------------------------------------------ Hugging Face
@@ -153,7 +171,8 @@ class _FirstTokenStreamer:
 
 
 def hf_generate(model, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
-                on_first_token: Callable[[], None] | None = None, static_cache: bool = False) -> torch.Tensor:
+                on_first_token: Callable[[], None] | None = None, static_cache: bool = False,
+                **model_inputs) -> torch.Tensor:
     """The model's own generate: greedy, with its own KV cache, and nothing else from its generation config.
 
     A checkpoint's generation_config may ask for sampling or a repetition penalty, and generate fills
@@ -172,12 +191,13 @@ def hf_generate(model, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
         cache_implementation="static" if static_cache else None,
     )
     saved, model.generation_config = model.generation_config, config
-    saved_use_cache, model.config.use_cache = model.config.use_cache, True
+    text_config = model.config.get_text_config()  # a VLM keeps use_cache in its text config
+    saved_use_cache, text_config.use_cache = getattr(text_config, "use_cache", True), True
     try:
         with torch.no_grad():
             streamer = _FirstTokenStreamer(on_first_token) if on_first_token is not None else None
             return model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
-                                  streamer=streamer)
+                                  streamer=streamer, **model_inputs)
     finally:
         model.generation_config = saved
-        model.config.use_cache = saved_use_cache
+        text_config.use_cache = saved_use_cache

@@ -104,6 +104,34 @@ TINY_PRESETS: dict[str, dict] = {
 }
 
 
+def _qwen2_5_vl(text: dict, vision: dict) -> dict:
+    return dict(model_type="qwen2_5_vl", text_config=text, vision_config=vision, image_token_id=151655,
+                video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+                tie_word_embeddings=text.get("tie_word_embeddings", True))
+
+
+MODEL_CONFIGS["Qwen/Qwen2.5-VL-3B-Instruct"] = _qwen2_5_vl(
+    dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+         num_key_value_heads=2, vocab_size=151936, max_position_embeddings=128000, tie_word_embeddings=True,
+         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+         bos_token_id=151643, eos_token_id=151645),
+    dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
+         temporal_patch_size=2, out_hidden_size=2048, window_size=112, fullatt_block_indexes=[7, 15, 23, 31]))
+
+# Vision-language presets: the byte range plus the special tokens the image needs.
+TINY_PRESETS["tiny-qwen2.5-vl"] = {
+    **_qwen2_5_vl(
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=512, max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=256,
+             eos_token_id=257, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+             initializer_range=0.3),
+        dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+             temporal_patch_size=2, out_hidden_size=64, window_size=56, fullatt_block_indexes=[1])),
+    "image_token_id": 300, "video_token_id": 301, "vision_start_token_id": 302, "vision_end_token_id": 303,
+    "initializer_range": 0.3,  # larger random weights than the default: generations that vary from token to token
+}
+
+
 def is_tiny_preset(name: str) -> bool:
     return name in TINY_PRESETS
 

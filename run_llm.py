@@ -23,7 +23,7 @@ import plugin_utils
 from plugin_model import PluginCausalLM, allocate_plugin_caches, compile_plugin_model, generate_plugin
 from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, format_table, run_benchmark, token_agreement,
                        write_json)
-from generate import (CachedModel, StopRule, generate_no_cache, generate_static_cache, hf_forward_no_cache,
+from generate import (CachedModel, Prompt, StopRule, generate_no_cache, generate_static_cache, hf_forward_no_cache,
                       hf_generate)
 from utils import (BASELINES, COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, check_positions,
                    compile_lowered, logger, eos_token_ids, export_llm, load_config, load_model, load_tokenizer,
@@ -90,16 +90,16 @@ def main(args: argparse.Namespace) -> None:
                 return generate_plugin(compiled, model, input_ids, args.num_tokens, stop_rule(), plugin_caches,
                                        on_first_token)
             if not args.cache:
-                return generate_no_cache(compiled, input_ids, args.num_tokens, stop_rule(), on_first_token)
+                return generate_no_cache(compiled, Prompt.text(input_ids), args.num_tokens, stop_rule(), on_first_token)
             cached = CachedModel(compiled, lowered, args.batch_size, max_seq_len, DTYPES[args.precision], args.device)
-            return generate_static_cache(cached, input_ids, args.num_tokens, stop_rule(), on_first_token)
+            return generate_static_cache(cached, Prompt.text(input_ids), args.num_tokens, stop_rule(), on_first_token)
 
     def pytorch_run(baseline: str):
         def run(on_first_token=None) -> torch.Tensor:
             if baseline == "no_cache":
                 with torch.no_grad():
-                    return generate_no_cache(hf_forward_no_cache(model), input_ids, args.num_tokens, stop_rule(),
-                                             on_first_token)
+                    return generate_no_cache(hf_forward_no_cache(model), Prompt.text(input_ids), args.num_tokens,
+                                             stop_rule(), on_first_token)
             return hf_generate(model, input_ids, args.num_tokens, stop_rule(), on_first_token,
                                static_cache=baseline == "hf_static")
         return run

@@ -216,19 +216,23 @@ def check_positions(config, total: int, what: str) -> None:
                          "lower --isl or --num_tokens (or shorten the prompt)")
 
 
-def load_model(args: argparse.Namespace, config):
-    """The Hugging Face model in eval mode, with sdpa attention, on args.device in args.precision."""
+def load_model(args: argparse.Namespace, config, auto_class=None):
+    """The Hugging Face model in eval mode, with sdpa attention, on args.device in args.precision.
+
+    `auto_class` defaults to AutoModelForCausalLM; run_vlm.py passes its vision-language class.
+    """
     from transformers import AutoModelForCausalLM
 
+    auto_class = auto_class or AutoModelForCausalLM
     dtype = DTYPES[args.precision]
     config._attn_implementation = "sdpa"
     if is_tiny_preset(args.model) or args.random_weights:
         torch.manual_seed(0)
         with torch.device(args.device):
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = auto_class.from_config(config, dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(args.model, config=config, dtype=dtype,
-                                                     trust_remote_code=True).to(args.device)
+        model = auto_class.from_pretrained(args.model, config=config, dtype=dtype,
+                                           trust_remote_code=True).to(args.device)
     return model.eval()
 
 
@@ -273,16 +277,20 @@ def plain_graph_module(program: torch.export.ExportedProgram) -> GraphModule:
     return gm
 
 
-def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds: bool = False) -> GraphModule:
+def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds: bool = False,
+               position_rows: int = 0) -> GraphModule:
     """torch.export of model(input_ids|inputs_embeds, position_ids) -> (logits [B, 1, V],) of the last position.
 
     The graph is dynamic in the sequence length; the batch size is static (one export per batch size).
+    `position_rows` > 0 gives position_ids [rows, B, L] (Qwen2.5-VL's multimodal RoPE takes 3).
     Attention stays one sdpa node: it is popped from the decomposition table.
     """
     device = next(model.parameters()).device
     example_len = min(4, max_seq_len)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     position_ids = torch.arange(example_len, device=device).expand(batch_size, -1)
+    if position_rows:
+        position_ids = position_ids.expand(position_rows, -1, -1)
     if embeds:
         hidden = model.get_input_embeddings().embedding_dim
         first = torch.zeros(batch_size, example_len, hidden, dtype=model.dtype, device=device)
@@ -291,7 +299,7 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
         kwargs = {"input_ids": torch.zeros(batch_size, example_len, dtype=torch.long, device=device),
                   "position_ids": position_ids}
     model.config.use_cache = False
-    dynamic_shapes = {k: {1: seq} for k in kwargs}
+    dynamic_shapes = {k: {position_ids.dim() - 1 if k == "position_ids" else 1: seq} for k in kwargs}
     kwargs["logits_to_keep"] = 1  # every loop reads the last position's logits only: skip the rest of lm_head
     dynamic_shapes["logits_to_keep"] = None
     with torch.no_grad(), _no_packed_sequences():
@@ -336,7 +344,7 @@ def compile_lowered(gm: GraphModule, args: argparse.Namespace, max_seq_len: int)
         return InPlaceCacheStep(gm) if in_place else gm
     from compile_tensorrt import compile_with_tensorrt
 
-    compiled = compile_with_tensorrt(gm, args, args.batch_size, max_seq_len)
+    compiled = compile_with_tensorrt(gm, args, max_seq_len)
     return InPlaceCacheStep(compiled) if in_place else compiled
 
 

@@ -7,7 +7,7 @@ import torch
 
 import static_cache_common
 from conftest import DEVICES, FAMILIES, lowered_graph, prompt_ids, tiny_model
-from generate import CachedModel, StopRule, generate_no_cache, generate_static_cache, hf_generate
+from generate import CachedModel, Prompt, StopRule, generate_no_cache, generate_static_cache, hf_generate, positions
 from register_sdpa import register_sdpa
 from static_cache_v3 import InPlaceCacheStep, takes_cache_position
 from utils import export_llm
@@ -26,8 +26,8 @@ def _lowered_tokens(model, gm, ids, cache, new_tokens=NEW_TOKENS):
     max_seq_len = ids.shape[1] + new_tokens
     with torch.no_grad():
         if not cache:
-            return generate_no_cache(gm, ids, new_tokens, _stop(model))
-        return generate_static_cache(_cached(gm, ids.shape[0], max_seq_len, model.dtype, ids.device), ids,
+            return generate_no_cache(gm, Prompt.text(ids), new_tokens, _stop(model))
+        return generate_static_cache(_cached(gm, ids.shape[0], max_seq_len, model.dtype, ids.device), Prompt.text(ids),
                                      new_tokens, _stop(model))
 
 
@@ -69,9 +69,9 @@ def test_chunked_prefill_equals_one_prefill(family, cache):
     gm = lowered_graph(model, 2, 20, cache)
     whole, chunked = _cached(gm, 2, 20, model.dtype), _cached(gm, 2, 20, model.dtype)
     with torch.no_grad():
-        whole_logits = whole(ids, 0)
-        chunked(ids[:, :8], 0)
-        second = chunked(ids[:, 8:], 8)
+        whole_logits = whole(ids, positions(0, 13, 2, "cpu"), 0)
+        chunked(ids[:, :8], positions(0, 8, 2, "cpu"), 0)
+        second = chunked(ids[:, 8:], positions(8, 13, 2, "cpu"), 8)
     assert second.shape[1] == 1  # logits of the last position only
     torch.testing.assert_close(second, whole_logits, atol=1e-5, rtol=1e-5)
     for a, b in zip(chunked.caches, whole.caches):

@@ -32,14 +32,18 @@ class _BuiltEngine:
 
 def build_engine(family: str, cache: str) -> tuple[bytes, list]:
     """The serialized engine of a family's lowered graph, and the targets of every converted node."""
+    import_torch_tensorrt()
+    from compile_tensorrt import tensorrt_program
+
+    gm = lowered_graph(tiny_model(family), 1, MAX_SEQ_LEN, cache)
+    return build_program(*tensorrt_program(gm, MAX_SEQ_LEN, "cpu"))
+
+
+def build_program(program, specs) -> tuple[bytes, list]:
     torch_tensorrt = import_torch_tensorrt()
     import tensorrt as trt
     from torch_tensorrt.dynamo.conversion import _TRTInterpreter
 
-    from compile_tensorrt import tensorrt_program
-
-    program, specs = tensorrt_program(lowered_graph(tiny_model(family), 1, MAX_SEQ_LEN, cache), 1, MAX_SEQ_LEN,
-                                      "cpu")
     converted = []
     original_run_node = _TRTInterpreter.TRTInterpreter.run_node
 
@@ -64,3 +68,21 @@ def test_graph_builds_an_engine_with_every_attention_converted(family, cache):
     assert len(engine) > 100_000
     attention = torch.ops.llm_tools.attention.default
     assert converted.count(attention) == tiny_model(family).config.num_hidden_layers
+
+
+@pytest.mark.parametrize("cache", ["", "static_v2"])
+def test_vlm_language_model_builds_an_engine(cache):
+    """Qwen2.5-VL's language model: embeddings and [3, B, L] positions in, every attention converted."""
+    import_torch_tensorrt()
+    from compile_tensorrt import tensorrt_program
+    from utils import export_llm, lower
+    from vlm_fixtures import tiny_vlm
+
+    vlm = tiny_vlm("tiny-qwen2.5-vl")
+    gm = lower(export_llm(vlm.language_model(), 1, MAX_SEQ_LEN, embeds=True, position_rows=3), cache, MAX_SEQ_LEN)
+    program, specs = tensorrt_program(gm, MAX_SEQ_LEN, "cpu")
+    assert specs[0].shape["max_shape"] == (1, MAX_SEQ_LEN, vlm.config.get_text_config().hidden_size)
+    assert specs[1].shape["max_shape"] == (3, 1, MAX_SEQ_LEN)
+    engine, converted = build_program(program, specs)
+    assert len(engine) > 100_000
+    assert converted.count(torch.ops.llm_tools.attention.default) == vlm.config.get_text_config().num_hidden_layers

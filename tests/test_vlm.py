@@ -1,0 +1,117 @@
+"""run_vlm.py's Qwen2.5-VL path: the lowered language model against Hugging Face's generate with the same image."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from generate import CachedModel, Prompt, StopRule, generate_no_cache, generate_static_cache, hf_generate
+from static_cache_v3 import InPlaceCacheStep, takes_cache_position
+from utils import UsageError, export_llm, lower
+from vlm import MultimodalPositions, merge_image_embeddings, sample_image
+from vlm_fixtures import tiny_vlm
+
+NEW_TOKENS = 12
+
+
+def _inputs(vlm, batch_size=1, text=b"Describe this image."):
+    return vlm.inputs(sample_image(56), list(text), batch_size, "cpu")  # a 56 px image: 4 image tokens
+
+
+def _generate(vlm, inputs, cache, prompt=None):
+    ids = inputs.input_ids
+    max_seq_len = ids.shape[1] + NEW_TOKENS
+    gm = lower(export_llm(vlm.language_model(), ids.shape[0], max_seq_len, embeds=True, position_rows=3), cache,
+               max_seq_len)
+    with torch.no_grad():
+        prompt = prompt or vlm.prompt(inputs, vlm.image_embeddings(inputs))
+        if not cache:
+            return generate_no_cache(gm, prompt, NEW_TOKENS, StopRule([257], 258))
+        step = InPlaceCacheStep(gm) if takes_cache_position(gm) else gm
+        cached = CachedModel(step, gm, ids.shape[0], max_seq_len, torch.float32, "cpu")
+        return generate_static_cache(cached, prompt, NEW_TOKENS, StopRule([257], 258))
+
+
+def _reference(vlm, inputs):
+    return hf_generate(vlm.model, inputs.input_ids, NEW_TOKENS, StopRule([257], 258), **inputs.generate_kwargs)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+@pytest.mark.parametrize("cache", ["", "static_v1", "static_v2", "static_v3"])
+def test_tokens_match_hugging_face(cache, batch_size):
+    vlm = tiny_vlm("tiny-qwen2.5-vl")
+    inputs = _inputs(vlm, batch_size)
+    expected = _reference(vlm, inputs)
+    assert len(set(expected[0, -NEW_TOKENS:].tolist())) > 3  # the tiny model does not repeat one token
+    assert torch.equal(_generate(vlm, inputs, cache), expected)
+
+
+def test_decode_positions_equal_the_models_own():
+    """The [3, B, L] positions Hugging Face's generate feeds its language model, step by step, against ours."""
+    vlm = tiny_vlm("tiny-qwen2.5-vl")
+    inputs = _inputs(vlm)
+    seen = []
+
+    def record(module, args, kwargs):
+        positions = kwargs["position_ids"]
+        seen.append(positions[-3:] if positions.shape[0] == 4 else positions)  # 4 rows: text positions first
+
+    hook = vlm.model.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        _reference(vlm, inputs)
+    finally:
+        hook.remove()
+    prompt = vlm.prompt(inputs, vlm.image_embeddings(inputs))
+    prompt_len = inputs.input_ids.shape[1]
+    assert len(seen) == NEW_TOKENS
+    assert torch.equal(seen[0], prompt.position_ids(0, prompt_len))
+    for step, positions in enumerate(seen[1:]):
+        ours = prompt.position_ids(prompt_len + step, prompt_len + step + 1)
+        assert torch.equal(positions, ours)
+        assert positions[0, 0, 0] != prompt_len + step  # the rope delta: decode positions are not the cache slot
+
+
+def test_positions_without_the_rope_delta_are_caught():
+    """The token comparison can fail: decoding at the cache slot (no rope delta) gives other tokens."""
+    vlm = tiny_vlm("tiny-qwen2.5-vl")
+    inputs = _inputs(vlm)
+    prompt = vlm.prompt(inputs, vlm.image_embeddings(inputs))
+    wrong = MultimodalPositions(prompt.position_ids.prompt_positions, torch.zeros_like(prompt.position_ids.rope_deltas))
+    assert not torch.equal(_generate(vlm, inputs, "static_v2", Prompt(prompt.input_ids, prompt.first_input,
+                                                                     prompt.embed, wrong)), _reference(vlm, inputs))
+
+
+def test_image_token_count_must_match_the_embeddings():
+    vlm = tiny_vlm("tiny-qwen2.5-vl")
+    inputs = _inputs(vlm)
+    image_embeds = vlm.image_embeddings(inputs)
+    embeds = vlm.model.get_input_embeddings()(inputs.input_ids)
+    with pytest.raises(UsageError, match=r"the prompt has 4 image tokens but the image gives 3 embeddings"):
+        merge_image_embeddings(embeds, inputs.input_ids, vlm.config.image_token_id, image_embeds[:3])
+
+
+def _run_vlm(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run_vlm.py"), *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("case", ["missing", "not-an-image", "text-model", "baseline"])
+def test_bad_input_is_one_line(case, tmp_path):
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not a picture")
+    args, expected = {
+        "missing": (["--image_path", str(tmp_path / "none.jpg")], "does not exist"),
+        "not-an-image": (["--image_path", str(not_image)], "is not a readable image"),
+        "text-model": (["--model", "tiny-llama"], "use run_llm.py for text-only models"),
+        "baseline": (["--enable_pytorch_run", "--baselines", "hf_static"], "--baselines hf_dynamic"),
+    }[case]
+    model = [] if "--model" in args else ["--model", "tiny-qwen2.5-vl"]
+    result = _run_vlm(*model, "--compiler", "eager", *args)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("run_vlm.py: error: ") and expected in lines[0], result.stderr
