@@ -162,7 +162,8 @@ def token_agreement(reference: torch.Tensor, tokens: torch.Tensor, prompt_len: i
 
 COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
            ("e2e_latency_ms", "E2E ms"), ("e2e_tokens_per_s", "E2E tok/s"), ("decode_bandwidth_tb_s", "decode TB/s"),
-           ("peak_memory_gb", "peak GB"), ("compile_s", "compile s"), ("token_agreement", "tokens = ref")]
+           ("peak_memory_gb", "peak GB"), ("compile_s", "compile s"), ("token_agreement", "tokens = ref"),
+           ("vision_encoder_ms", "vision ms")]
 
 
 def _cell(value) -> str:
@@ -174,15 +175,19 @@ def _cell(value) -> str:
 
 
 def format_table(setup, results: dict[str, dict], notes: dict | None = None) -> str:
-    """A Markdown table (medians over the iterations), under a line that says what ran."""
+    """A Markdown table (medians over the iterations), under a line that says what ran.
+
+    A column that no row has a figure for (peak GPU memory on a CPU, say) is left out.
+    """
     header = ", ".join(f"{k}={v}" for k, v in asdict(setup).items())
     if notes:
         header += "; " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in notes.items())
+    columns = [(key, title) for key, title in COLUMNS if any(row.get(key) is not None for row in results.values())]
     lines = [header,
-             "| backend | " + " | ".join(title for _, title in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+             "| backend | " + " | ".join(title for _, title in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
     for backend, figures in results.items():
-        lines.append(f"| {backend} | " + " | ".join(_cell(figures.get(key)) for key, _ in COLUMNS) + " |")
+        lines.append(f"| {backend} | " + " | ".join(_cell(figures.get(key)) for key, _ in columns) + " |")
     return "\n".join(lines)
 
 

@@ -132,6 +132,22 @@ TINY_PRESETS["tiny-qwen2.5-vl"] = {
 }
 
 
+def _eagle2(vision: dict, text: dict, **ids) -> dict:
+    return dict(model_type="eagle2_structure", vision_config=vision, text_config=text, downsample_ratio=0.5, **ids)
+
+
+MODEL_CONFIGS["nvidia/Eagle2-2B"] = _eagle2(
+    dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, image_size=448,
+         patch_size=14, hidden_act="gelu_pytorch_tanh"),
+    {**_qwen("qwen2", 1536, 8960, 28, 12, 2, 151936, True, 32768), "bos_token_id": 151643, "eos_token_id": 151645})
+TINY_PRESETS["tiny-eagle2"] = _eagle2(
+    dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
+         patch_size=14, hidden_act="gelu_pytorch_tanh"),
+    {**_qwen("qwen2", 64, 128, 2, 4, 2, 512, True, 256), "bos_token_id": 256, "eos_token_id": 257,
+     "initializer_range": 0.3},
+    image_token_index=300, image_start_id=301, image_end_id=302)
+
+
 def is_tiny_preset(name: str) -> bool:
     return name in TINY_PRESETS
 
@@ -142,7 +158,12 @@ def builtin_config(name: str) -> PretrainedConfig | None:
     if spec is None:
         return None
     spec = dict(spec)
-    return AutoConfig.for_model(spec.pop("model_type"), **spec)
+    model_type = spec.pop("model_type")
+    if model_type == "eagle2_structure":  # not a transformers class: see eagle2.py
+        from eagle2 import Eagle2Config
+
+        return Eagle2Config(**spec)
+    return AutoConfig.for_model(model_type, **spec)
 
 
 class ByteTokenizer:

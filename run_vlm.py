@@ -21,11 +21,10 @@ import torch
 
 from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, format_table, run_benchmark, summarize,
                        token_agreement, write_json)
-from generate import CachedModel, StopRule, generate_no_cache, generate_static_cache, hf_generate
+from generate import CachedModel, StopRule, generate_no_cache, generate_static_cache
 from utils import (COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, UsageError, add_common_arguments,
-                   check_positions, compile_lowered, eos_token_ids, export_llm, load_config, load_model,
-                   load_tokenizer, lower, pad_token_id, print_generation, print_match, run_main,
-                   validate_common_arguments)
+                   check_positions, compile_lowered, eos_token_ids, export_llm, load_config, load_tokenizer, lower,
+                   pad_token_id, print_generation, print_match, run_main, validate_common_arguments)
 from vlm import FAMILIES, load_image
 
 
@@ -47,8 +46,10 @@ def text_ids(args: argparse.Namespace, tokenizer, vocab_size: int) -> list[int]:
 
 def main(args: argparse.Namespace) -> None:
     validate_common_arguments(args)
-    if args.baselines and args.baselines != ["hf_dynamic"] and args.baselines[0] != "hf_dynamic":
-        raise UsageError("run_vlm.py compares with the model's own generate only (--baselines hf_dynamic)")
+    if args.baselines != ["hf_dynamic"]:
+        raise UsageError("run_vlm.py compares with each model's own PyTorch run only; leave out --baselines")
+    if args.precision not in ("FP16", "FP32"):
+        raise UsageError(f"run_vlm.py runs its models in FP16 or FP32, not {args.precision}; use --precision FP16")
     config = load_config(args)
     family = FAMILIES.get(getattr(config, "model_type", None))
     if family is None:
@@ -58,9 +59,7 @@ def main(args: argparse.Namespace) -> None:
     text_config = config.get_text_config()
     tokenizer = load_tokenizer(args, text_config)
 
-    from transformers import AutoModelForImageTextToText
-
-    vlm = family(load_model(args, config, AutoModelForImageTextToText))
+    vlm = family.load(args, config)
     inputs = vlm.inputs(image, text_ids(args, tokenizer, text_config.vocab_size), args.batch_size, args.device)
     prompt_len = inputs.input_ids.shape[1]
     max_seq_len = prompt_len + args.num_tokens
@@ -69,9 +68,10 @@ def main(args: argparse.Namespace) -> None:
     label = COMPILER_LABELS[args.compiler]
 
     start = time.perf_counter()
+    vlm.compile_vision(args)
     language_model = vlm.language_model()
-    lowered = lower(export_llm(language_model, args.batch_size, max_seq_len, embeds=True, position_rows=3),
-                    args.cache, max_seq_len)
+    lowered = lower(export_llm(language_model, args.batch_size, max_seq_len, embeds=True,
+                               position_rows=vlm.position_rows), args.cache, max_seq_len)
     compiled = compile_lowered(lowered, args, max_seq_len)
     build_seconds = time.perf_counter() - start
 
@@ -94,8 +94,7 @@ def main(args: argparse.Namespace) -> None:
             return generate_static_cache(cached, prompt, args.num_tokens, stop_rule(), on_first_token)
 
     def run_pytorch(on_first_token=None) -> torch.Tensor:
-        return hf_generate(vlm.model, inputs.input_ids, args.num_tokens, stop_rule(), on_first_token,
-                           **inputs.generate_kwargs)
+        return vlm.reference(inputs, args.num_tokens, stop_rule(), on_first_token)
 
     if not args.benchmark:
         reference = None
@@ -112,20 +111,21 @@ def main(args: argparse.Namespace) -> None:
     measure = partial(run_benchmark, device=args.device, iterations=args.iterations, batch_size=args.batch_size,
                       new_tokens=args.num_tokens, decode_bytes=decode_bytes)
     measured = {}
+    reference_row = f"PyTorch ({vlm.reference_label})"
     if args.enable_pytorch_run:
-        measured["PyTorch (HF generate, dynamic cache)"] = measure(run_pytorch)
+        measured[reference_row] = measure(run_pytorch)
     row = f"{label}, {args.cache or 'no cache'}" + (", CUDA graphs" if args.cudagraph else "")
     measured[row] = measure(run_compiled, build_s=build_seconds)
     measured[row].figures["vision_encoder_ms"] = summarize(vision_ms[-args.iterations:])
     if args.enable_pytorch_run:
-        measured[row].figures["token_agreement"] = token_agreement(measured["PyTorch (HF generate, dynamic cache)"]
-                                                                   .tokens, measured[row].tokens, prompt_len)
+        measured[row].figures["token_agreement"] = token_agreement(measured[reference_row].tokens,
+                                                                   measured[row].tokens, prompt_len)
     setup = RunSetup.from_args(args)
     notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(args.device), "prompt_tokens": prompt_len}
     results = {name: m.figures for name, m in measured.items()}
     print(format_table(setup, results, notes))
-    print(f"vision encoder (PyTorch), median of {args.iterations}: "
-          f"{results[row]['vision_encoder_ms']['median']:.2f} ms; TTFT includes it")
+    vision = COMPILER_LABELS[args.compiler] if vlm.compiles_vision else "PyTorch"
+    print(f"vision ms: the vision encoder ({vision}) alone; TTFT includes it")
     if args.output_json:
         write_json(args.output_json, setup, results, {**notes, "build_seconds": build_seconds})
 

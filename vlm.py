@@ -1,10 +1,16 @@
 """Vision-language models for run_vlm.py: images in, a language model that the LLM stages can take.
 
-For Qwen2.5-VL the vision tower runs in PyTorch; its image embeddings replace the rows of the
-prompt's embeddings whose id is the image token, and the language model (text model + lm_head) is
-what export, the passes and the compilers see, fed embeddings and multimodal RoPE positions
-[3, B, L]. Positions are computed as the model computes them: `get_rope_index` for the prompt, then
-the cache position plus the model's rope delta for every generated token.
+Each family turns an image and a text into ids (image tokens included), image embeddings and a
+Prompt for the generation loops, and hands out its language model (text model + lm_head) for
+export, the passes and the compilers. Image embeddings replace the rows of the prompt's
+embeddings whose id is the image token; their counts must agree.
+
+- Qwen2.5-VL: the vision tower runs in PyTorch. The language model takes multimodal RoPE positions
+  [3, B, L], computed as the model computes them: `get_rope_index` for the prompt, then the cache
+  position plus the model's rope delta for every generated token. Reference: Hugging Face's generate.
+- Eagle2: the SigLIP vision tower is exported and compiled with static shapes by --compiler; pixel
+  shuffle and mlp1 stay in PyTorch; the language model is a Qwen2 with plain positions. Reference:
+  the model's own forward, on the whole sequence at every step.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from generate import Prompt
-from utils import UsageError
+from generate import Prompt, StopRule, generate_no_cache, hf_generate
+from utils import DTYPES, UsageError, load_model
 
 # Qwen2-VL image normalisation (the CLIP statistics) and its pixel budget per image.
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -59,6 +65,9 @@ class LanguageModel(torch.nn.Module):
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.text_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.lm_head
 
     def forward(self, inputs_embeds, position_ids, logits_to_keep: int = 1):
         hidden = self.text_model(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False)
@@ -109,8 +118,24 @@ class VisionInputs:
 class Qwen2_5_VL:
     """Qwen2.5-VL: vision tower in PyTorch; language model through the LLM stages."""
 
+    position_rows = 3  # multimodal RoPE: temporal, height, width
+    compiles_vision = False
+    reference_label = "HF generate, dynamic cache"
+
     def __init__(self, model):
         self.model, self.config = model, model.config
+
+    @classmethod
+    def load(cls, args, config) -> "Qwen2_5_VL":
+        from transformers import AutoModelForImageTextToText
+
+        return cls(load_model(args, config, AutoModelForImageTextToText))
+
+    def compile_vision(self, args) -> None:
+        """The vision tower stays in PyTorch: its window attention indexing is data dependent."""
+
+    def reference(self, inputs: "VisionInputs", num_tokens: int, stop: StopRule, on_first_token=None) -> torch.Tensor:
+        return hf_generate(self.model, inputs.input_ids, num_tokens, stop, on_first_token, **inputs.generate_kwargs)
 
     def language_model(self) -> LanguageModel:
         return LanguageModel(self.model.model.language_model, self.model.lm_head, self.config.get_text_config())
@@ -166,4 +191,107 @@ def merge_image_embeddings(embeds: torch.Tensor, input_ids: torch.Tensor, image_
     return embeds.masked_scatter(mask.unsqueeze(-1), image_embeds.to(embeds.dtype))
 
 
-FAMILIES = {"qwen2_5_vl": Qwen2_5_VL}
+# ---------------------------------------------------------------------------------------- Eagle2
+
+
+def eagle_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """[1, 3, size, size]: one tile, the whole image resized, normalised with mean and std 0.5."""
+    pixels = np.asarray(image.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+    return torch.from_numpy(((pixels - 0.5) / 0.5).transpose(2, 0, 1).copy()).unsqueeze(0)
+
+
+class _VisionHidden(torch.nn.Module):
+    """SigLIP's last hidden state only, as a module export can take."""
+
+    def __init__(self, vision_model: torch.nn.Module):
+        super().__init__()
+        self.vision_model = vision_model
+
+    def forward(self, pixel_values):
+        return self.vision_model(pixel_values=pixel_values).last_hidden_state
+
+
+class Eagle2:
+    """Eagle2: SigLIP exported and compiled with static shapes; pixel shuffle and mlp1 in PyTorch."""
+
+    position_rows = 0  # plain positions [B, L]
+    compiles_vision = True
+    reference_label = "model forward on the whole sequence per token"
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+        self.vision = _VisionHidden(model.vision_model)
+
+    @classmethod
+    def load(cls, args, config) -> "Eagle2":
+        from eagle2 import MODEL_TYPE, Eagle2ForConditionalGeneration
+
+        if config.model_type == MODEL_TYPE:  # the built-in structure: tiny preset or --random_weights
+            return cls(load_model(args, config, Eagle2ForConditionalGeneration))
+        return cls(load_remote_eagle2(args, config))
+
+    def compile_vision(self, args) -> None:
+        """Export the vision tower for this run's pixel shape and compile it with --compiler."""
+        size = self.config.vision_config.image_size
+        example = torch.zeros(args.batch_size, 3, size, size, dtype=self.model.dtype, device=args.device)
+        program = torch.export.export(self.vision, (example,))
+        if args.compiler == "eager":
+            self.vision = program.module()
+        elif args.compiler == "inductor":
+            self.vision = torch.compile(program.module(), dynamic=False)
+        else:
+            import torch_tensorrt
+
+            self.vision = torch_tensorrt.dynamo.compile(program, arg_inputs=[example],
+                                                        min_block_size=args.min_block_size)
+
+    def language_model(self) -> LanguageModel:
+        lm = self.model.language_model
+        return LanguageModel(lm.model, lm.lm_head, self.config.get_text_config())
+
+    def inputs(self, image: Image.Image, text_ids: list[int], batch_size: int, device) -> VisionInputs:
+        config = self.config
+        pixels = eagle_pixels(image, config.vision_config.image_size).repeat(batch_size, 1, 1, 1)
+        tokens_per_tile = (config.vision_config.image_size // config.vision_config.patch_size // 2) ** 2
+        ids = [config.image_start_id] + [config.image_token_index] * tokens_per_tile + [config.image_end_id] + text_ids
+        input_ids = torch.tensor([ids] * batch_size, device=device)
+        pixel_values = pixels.to(device, self.model.dtype)
+        return VisionInputs(input_ids, pixel_values, {"pixel_values": pixel_values})
+
+    def image_embeddings(self, inputs: VisionInputs) -> torch.Tensor:
+        return self.model.image_features(self.vision(inputs.pixel_values))
+
+    def prompt(self, inputs: VisionInputs, image_embeds: torch.Tensor) -> Prompt:
+        ids = inputs.input_ids
+        embed_tokens = self.model.get_input_embeddings()
+        embeds = merge_image_embeddings(embed_tokens(ids), ids, self.config.image_token_index, image_embeds)
+        text = Prompt.text(ids)
+        return Prompt(ids, embeds, embed_tokens, text.position_ids)
+
+    def reference(self, inputs: VisionInputs, num_tokens: int, stop: StopRule, on_first_token=None) -> torch.Tensor:
+        """The model's own forward on the whole sequence (image included) at every step."""
+        def forward(ids, position_ids):
+            return (self.model(ids, inputs.pixel_values)[:, -1:],)
+
+        with torch.no_grad():
+            return generate_no_cache(forward, Prompt.text(inputs.input_ids), num_tokens, stop, on_first_token)
+
+
+def load_remote_eagle2(args, config):
+    """A real Eagle2 checkpoint (remote code). Its config asks for flash attention 2; without the flash-attn
+    package, attention is mapped to sdpa, and the run says so."""
+    import importlib.util
+    import logging
+
+    from transformers import AutoModel
+
+    if importlib.util.find_spec("flash_attn") is None:
+        logging.getLogger("llm_tools").warning("flash-attn is not installed: Eagle2's attention runs as sdpa")
+        for sub in (config, getattr(config, "vision_config", None), getattr(config, "text_config", None)):
+            if sub is not None:
+                sub._attn_implementation = "sdpa"
+    model = AutoModel.from_pretrained(args.model, config=config, dtype=DTYPES[args.precision], trust_remote_code=True)
+    return model.to(args.device).eval()
+
+
+FAMILIES = {"qwen2_5_vl": Qwen2_5_VL, "eagle2_structure": Eagle2, "eagle_2_5_vl": Eagle2}

@@ -86,3 +86,24 @@ def test_vlm_language_model_builds_an_engine(cache):
     engine, converted = build_program(program, specs)
     assert len(engine) > 100_000
     assert converted.count(torch.ops.llm_tools.attention.default) == vlm.config.get_text_config().num_hidden_layers
+
+
+def test_eagle2_language_model_and_vision_tower_build_engines():
+    import_torch_tensorrt()
+    from compile_tensorrt import tensorrt_program
+    from utils import export_llm, lower
+    from vlm import _VisionHidden
+    from vlm_fixtures import tiny_vlm
+
+    vlm = tiny_vlm("tiny-eagle2")
+    gm = lower(export_llm(vlm.language_model(), 1, MAX_SEQ_LEN, embeds=True), "static_v3", MAX_SEQ_LEN)
+    engine, converted = build_program(*tensorrt_program(gm, MAX_SEQ_LEN, "cpu"))
+    assert converted.count(torch.ops.llm_tools.attention.default) == vlm.config.get_text_config().num_hidden_layers
+
+    size = vlm.config.vision_config.image_size  # the vision tower: static shapes, as run_vlm.py compiles it
+    pixels = torch.zeros(2, 3, size, size)
+    program = torch.export.export(_VisionHidden(vlm.model.vision_model), (pixels,))
+    engine, converted = build_program(program, [pixels])
+    assert len(engine) > 100_000
+    vision_layers = vlm.config.vision_config.num_hidden_layers  # SigLIP's attention: Torch-TensorRT's own converter
+    assert converted.count(torch.ops.aten.scaled_dot_product_attention.default) == vision_layers

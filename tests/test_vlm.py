@@ -1,4 +1,5 @@
-"""run_vlm.py's Qwen2.5-VL path: the lowered language model against Hugging Face's generate with the same image."""
+"""run_vlm.py: the lowered language model with the image merged in, against each family's PyTorch reference
+(Qwen2.5-VL: Hugging Face's generate with the same image; Eagle2: the model's own forward loop)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def _inputs(vlm, batch_size=1, text=b"Describe this image."):
 def _generate(vlm, inputs, cache, prompt=None):
     ids = inputs.input_ids
     max_seq_len = ids.shape[1] + NEW_TOKENS
-    gm = lower(export_llm(vlm.language_model(), ids.shape[0], max_seq_len, embeds=True, position_rows=3), cache,
-               max_seq_len)
+    gm = lower(export_llm(vlm.language_model(), ids.shape[0], max_seq_len, embeds=True,
+                          position_rows=vlm.position_rows), cache, max_seq_len)
     with torch.no_grad():
         prompt = prompt or vlm.prompt(inputs, vlm.image_embeddings(inputs))
         if not cache:
@@ -38,17 +39,47 @@ def _generate(vlm, inputs, cache, prompt=None):
 
 
 def _reference(vlm, inputs):
-    return hf_generate(vlm.model, inputs.input_ids, NEW_TOKENS, StopRule([257], 258), **inputs.generate_kwargs)
+    return vlm.reference(inputs, NEW_TOKENS, StopRule([257], 258))
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])
 @pytest.mark.parametrize("cache", ["", "static_v1", "static_v2", "static_v3"])
-def test_tokens_match_hugging_face(cache, batch_size):
-    vlm = tiny_vlm("tiny-qwen2.5-vl")
+@pytest.mark.parametrize("family", ["tiny-qwen2.5-vl", "tiny-eagle2"])
+def test_tokens_match_the_reference(family, cache, batch_size):
+    vlm = tiny_vlm(family)
     inputs = _inputs(vlm, batch_size)
     expected = _reference(vlm, inputs)
     assert len(set(expected[0, -NEW_TOKENS:].tolist())) > 3  # the tiny model does not repeat one token
     assert torch.equal(_generate(vlm, inputs, cache), expected)
+
+
+def test_qwen_reference_is_hugging_face_generate():
+    vlm = tiny_vlm("tiny-qwen2.5-vl")
+    inputs = _inputs(vlm)
+    expected = hf_generate(vlm.model, inputs.input_ids, NEW_TOKENS, StopRule([257], 258), **inputs.generate_kwargs)
+    assert torch.equal(_reference(vlm, inputs), expected)
+
+
+def test_eagle2_without_the_image_is_caught():
+    """The comparison can fail: a prompt whose image rows keep the image token's embedding gives other tokens."""
+    vlm = tiny_vlm("tiny-eagle2")
+    inputs = _inputs(vlm)
+    prompt = vlm.prompt(inputs, vlm.image_embeddings(inputs))
+    blind = Prompt(prompt.input_ids, prompt.embed(inputs.input_ids), prompt.embed, prompt.position_ids)
+    assert not torch.equal(_generate(vlm, inputs, "static_v2", blind), _reference(vlm, inputs))
+
+
+def test_eagle2_pixel_shuffle_channel_order():
+    """Token (i, j) holds patches (2i, 2j), (2i, 2j + 1), (2i + 1, 2j), (2i + 1, 2j + 1), in that order."""
+    vlm = tiny_vlm("tiny-eagle2")
+    x = torch.randn(2, 4, 6, 3)
+    out = vlm.model.pixel_shuffle(x, 0.5)
+    assert out.shape == (2, 2, 3, 12)
+    for i in range(2):
+        for j in range(3):
+            expected = torch.cat([x[:, 2 * i, 2 * j], x[:, 2 * i, 2 * j + 1], x[:, 2 * i + 1, 2 * j],
+                                  x[:, 2 * i + 1, 2 * j + 1]], dim=-1)
+            assert torch.equal(out[:, i, j], expected)
 
 
 def test_decode_positions_equal_the_models_own():
@@ -100,7 +131,7 @@ def _run_vlm(*args):
                           timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-@pytest.mark.parametrize("case", ["missing", "not-an-image", "text-model", "baseline"])
+@pytest.mark.parametrize("case", ["missing", "not-an-image", "text-model", "baseline", "bf16", "unknown"])
 def test_bad_input_is_one_line(case, tmp_path):
     not_image = tmp_path / "notes.png"
     not_image.write_text("not a picture")
@@ -108,10 +139,23 @@ def test_bad_input_is_one_line(case, tmp_path):
         "missing": (["--image_path", str(tmp_path / "none.jpg")], "does not exist"),
         "not-an-image": (["--image_path", str(not_image)], "is not a readable image"),
         "text-model": (["--model", "tiny-llama"], "use run_llm.py for text-only models"),
-        "baseline": (["--enable_pytorch_run", "--baselines", "hf_static"], "--baselines hf_dynamic"),
+        "baseline": (["--enable_pytorch_run", "--baselines", "hf_static"], "leave out --baselines"),
+        "bf16": (["--precision", "BF16"], "FP16 or FP32, not BF16"),
+        "unknown": (["--model", "someone/not-a-model", "--random_weights"], "cannot load model"),
     }[case]
     model = [] if "--model" in args else ["--model", "tiny-qwen2.5-vl"]
     result = _run_vlm(*model, "--compiler", "eager", *args)
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("run_vlm.py: error: ") and expected in lines[0], result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-qwen2.5-vl", "tiny-eagle2"])
+def test_run_vlm_prints_the_spec_blocks(model):
+    result = _run_vlm("--model", model, "--compiler", "eager", "--cache", "static_v1", "--precision", "FP32",
+                      "--num_tokens", "16", "--enable_pytorch_run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "========= PyTorch =========" and "========= Eager =========" in lines
+    assert lines[-1] == "PyTorch and Eager outputs match: True"
