@@ -80,7 +80,7 @@ def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     folded = q.reshape(batch, kv_heads, groups * q_len, head_dim)  # row g * L + l: query head h * G + g
     out = torch.nn.functional.scaled_dot_product_attention(folded, k, v, attn_mask=mask.repeat(groups, 1),
                                                            scale=scale)
-    return out.view(batch, q_heads, q_len, head_dim)
+    return out.reshape(batch, q_heads, q_len, head_dim)  # the kernels may return [B, Hkv, G * L, D] strided
 
 
 def causal_mask(q_len: int, kv_len: int, sliding_window: int | None, device=None,
