@@ -122,12 +122,13 @@ def main(args: argparse.Namespace) -> None:
     if args.enable_pytorch_run:
         for baseline in args.baselines:
             measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
-    row = label if args.backend == "plugin" else f"{label}, {args.cache or 'no cache'}"
-    row += ", CUDA graphs" if args.cudagraph else ""
-    measured[row] = measure(run_compiled, build_s=build_seconds)
+    compiled_row = label if args.backend == "plugin" else f"{label}, {args.cache or 'no cache'}"
+    compiled_row += ", CUDA graphs" if args.cudagraph else ""
+    measured[compiled_row] = measure(run_compiled, build_s=build_seconds)
     reference = next(iter(measured.values())).tokens if args.enable_pytorch_run else None
-    for row in list(measured.values())[1:] if reference is not None else []:
-        row.figures["token_agreement"] = token_agreement(reference, row.tokens, args.isl)
+    if reference is not None:
+        for other in list(measured.values())[1:]:
+            other.figures["token_agreement"] = token_agreement(reference, other.tokens, args.isl)
 
     setup = RunSetup.from_args(args)
     notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(args.device), "decode_bytes_per_step_gb": decode_bytes / 1e9}
