@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 MODEL_TYPE = "eagle2_structure"
 
@@ -31,11 +32,6 @@ class Eagle2Config:
 
     def get_text_config(self) -> Qwen2Config:
         return self.text_config
-
-    @property
-    def tokens_per_tile(self) -> int:
-        side = self.vision_config.image_size // self.vision_config.patch_size
-        return int(side * self.downsample_ratio) ** 2
 
 
 class Eagle2ForConditionalGeneration(torch.nn.Module):
@@ -69,18 +65,27 @@ class Eagle2ForConditionalGeneration(torch.nn.Module):
         x = x.view(n, h // f, f, w // f, f, c).permute(0, 1, 3, 2, 4, 5)  # [n, i, j, m, k, c]: patch (f i + m, f j + k)
         return x.reshape(n, h // f, w // f, f * f * c)
 
-    def image_features(self, vision_hidden: torch.Tensor) -> torch.Tensor:
-        """SigLIP's last hidden state [N, patches, Hv] -> image embeddings [N * tokens per tile, H]."""
-        n, patches, channels = vision_hidden.shape
-        side = int(patches ** 0.5)
-        shuffled = self.pixel_shuffle(vision_hidden.reshape(n, side, side, channels), self.downsample_ratio)
-        return self.mlp1(shuffled.reshape(n, -1, shuffled.shape[-1])).reshape(-1, self.config.text_config.hidden_size)
+    def extract_feature(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return features_from_vision(self, self.vision_model(pixel_values=pixel_values).last_hidden_state)
 
-    def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [B, T, V] of the whole sequence, the image's embeddings merged in: the PyTorch reference."""
+    def forward(self, pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                image_flags: torch.Tensor | None = None) -> CausalLMOutputWithPast:
+        """Logits of the whole sequence, the image's embeddings merged in (Eagle2's forward, without a cache)."""
         embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is not None:
-            features = self.image_features(self.vision_model(pixel_values=pixel_values).last_hidden_state)
             mask = (input_ids == self.image_token_index).unsqueeze(-1)
-            embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
-        return self.language_model(inputs_embeds=embeds, use_cache=False).logits
+            embeds = embeds.masked_scatter(mask, self.extract_feature(pixel_values).to(embeds.dtype))
+        return CausalLMOutputWithPast(logits=self.language_model(inputs_embeds=embeds, use_cache=False).logits)
+
+
+def features_from_vision(model, vision_hidden: torch.Tensor) -> torch.Tensor:
+    """SigLIP's last hidden state [N, patches, Hv] -> image embeddings [N * tokens per tile, H].
+
+    Only Eagle2's attribute names are used (pixel_shuffle, downsample_ratio, mlp1), so this serves the
+    remote-code model as well as the class above.
+    """
+    n, patches, channels = vision_hidden.shape
+    side = int(patches ** 0.5)
+    shuffled = model.pixel_shuffle(vision_hidden.reshape(n, side, side, channels), scale_factor=model.downsample_ratio)
+    embeds = model.mlp1(shuffled.reshape(n, -1, shuffled.shape[-1]))  # [N, tokens per tile, H]
+    return embeds.reshape(-1, embeds.shape[-1])

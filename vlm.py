@@ -252,14 +252,16 @@ class Eagle2:
     def inputs(self, image: Image.Image, text_ids: list[int], batch_size: int, device) -> VisionInputs:
         config = self.config
         pixels = eagle_pixels(image, config.vision_config.image_size).repeat(batch_size, 1, 1, 1)
-        tokens_per_tile = (config.vision_config.image_size // config.vision_config.patch_size // 2) ** 2
-        ids = [config.image_start_id] + [config.image_token_index] * tokens_per_tile + [config.image_end_id] + text_ids
+        tokens = int(config.vision_config.image_size // config.vision_config.patch_size * config.downsample_ratio) ** 2
+        ids = [config.image_start_id] + [config.image_token_index] * tokens + [config.image_end_id] + text_ids
         input_ids = torch.tensor([ids] * batch_size, device=device)
         pixel_values = pixels.to(device, self.model.dtype)
         return VisionInputs(input_ids, pixel_values, {"pixel_values": pixel_values})
 
     def image_embeddings(self, inputs: VisionInputs) -> torch.Tensor:
-        return self.model.image_features(self.vision(inputs.pixel_values))
+        from eagle2 import features_from_vision
+
+        return features_from_vision(self.model, self.vision(inputs.pixel_values))
 
     def prompt(self, inputs: VisionInputs, image_embeds: torch.Tensor) -> Prompt:
         ids = inputs.input_ids
@@ -270,8 +272,10 @@ class Eagle2:
 
     def reference(self, inputs: VisionInputs, num_tokens: int, stop: StopRule, on_first_token=None) -> torch.Tensor:
         """The model's own forward on the whole sequence (image included) at every step."""
+        flags = torch.ones(inputs.pixel_values.shape[0], 1, dtype=torch.long, device=inputs.pixel_values.device)
+
         def forward(ids, position_ids):
-            return (self.model(ids, inputs.pixel_values)[:, -1:],)
+            return (self.model(pixel_values=inputs.pixel_values, input_ids=ids, image_flags=flags).logits[:, -1:],)
 
         with torch.no_grad():
             return generate_no_cache(forward, Prompt.text(inputs.input_ids), num_tokens, stop, on_first_token)
