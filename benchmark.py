@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from presets import head_dim
+
 
 def device_sync(device: str) -> Callable[[], None]:
     if str(device).startswith("cuda"):
@@ -129,9 +131,9 @@ def decode_bytes_per_step(model, batch_size: int, isl: int, new_tokens: int) -> 
     weights = sum(p.numel() * p.element_size() for p in model.parameters() if tied or p is not embedding)
     config = model.config.get_text_config()
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     average_context = isl + new_tokens / 2
-    kv = 2 * config.num_hidden_layers * batch_size * kv_heads * head_dim * average_context * embedding.element_size()
+    kv = 2 * config.num_hidden_layers * batch_size * kv_heads * head_dim(config) * average_context \
+        * embedding.element_size()
     return weights + kv
 
 

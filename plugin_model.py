@@ -18,6 +18,7 @@ import torch
 import plugin_attention  # noqa: F401  (defines torch.ops.llm_tools.edgellm_attention)
 from generate import StopRule, greedy
 from plugin_attention import rope_table
+from presets import head_dim
 
 
 class _PluginInputs:
@@ -95,9 +96,8 @@ def compile_plugin_model(plugin_lm: PluginCausalLM, args, caches: list[torch.Ten
 
 def allocate_plugin_caches(model, batch_size: int, capacity: int, dtype, device) -> list[torch.Tensor]:
     config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return [torch.zeros(batch_size, 2, config.num_key_value_heads, capacity, head_dim, dtype=dtype, device=device)
-            for _ in range(config.num_hidden_layers)]
+    shape = (batch_size, 2, config.num_key_value_heads, capacity, head_dim(config))
+    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
 
 
 def write_deltas(caches: list[torch.Tensor], deltas, start: int) -> None:

@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from presets import head_dim
 from utils import UsageError
 
 logger = logging.getLogger("llm_tools")
@@ -31,10 +32,6 @@ _FALLBACK = "or use --backend sdpa"
 
 def plugin_path(args: argparse.Namespace) -> str:
     return args.plugin_path or os.environ.get(PLUGIN_PATH_ENV) or DEFAULT_PLUGIN_PATH
-
-
-def head_size(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def _load_library(path: str) -> None:
@@ -74,9 +71,9 @@ def check_plugin_backend(args: argparse.Namespace, config) -> None:
     if args.precision != "FP16":
         raise UsageError(f"--backend plugin with --compiler tensorrt runs in FP16 only (the plugin's kernels), "
                          f"not {args.precision}; use --precision FP16, or --compiler eager")
-    if head_size(config) not in PLUGIN_HEAD_SIZES:
+    if head_dim(config) not in PLUGIN_HEAD_SIZES:
         raise UsageError(f"the AttentionPlugin handles head sizes {PLUGIN_HEAD_SIZES}, and {args.model} has "
-                         f"{head_size(config)}; " + _FALLBACK)
+                         f"{head_dim(config)}; " + _FALLBACK)
     capability = torch.cuda.get_device_capability(args.device)
     if capability not in PLUGIN_CAPABILITIES:
         raise UsageError(f"the AttentionPlugin has no kernels for this GPU (compute capability "

@@ -148,6 +148,11 @@ TINY_PRESETS["tiny-eagle2"] = _eagle2(
     image_token_index=300, image_start_id=301, image_end_id=302)
 
 
+def head_dim(config) -> int:
+    """The attention head size of a text config (explicit, or hidden size over heads)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def is_tiny_preset(name: str) -> bool:
     return name in TINY_PRESETS
 
