@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 import plugin_attention  # noqa: F401  (defines torch.ops.llm_tools.edgellm_attention)
-from generate import StopRule, greedy
+from generate import Prompt, StopRule, generate_static_cache
 from plugin_attention import rope_table
 from presets import head_dim
 
@@ -106,29 +106,29 @@ def write_deltas(caches: list[torch.Tensor], deltas, start: int) -> None:
         cache[:, :, :, start:start + delta.shape[3]] = delta
 
 
+class PluginCachedModel:
+    """A (compiled) PluginCausalLM with its caches, called as generate_static_cache calls a CachedModel."""
+
+    def __init__(self, step: Callable, model, caches: list[torch.Tensor]):
+        self.step, self.caches = step, caches
+        self.rope = rope_table(model.model.rotary_emb, caches[0].shape[3], caches[0].device)
+
+    def __call__(self, input_ids: torch.Tensor, position_ids: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits of input_ids [B, L] at cache slots start..start + L; their K/V go into the caches.
+
+        Prefill is a chunk that starts at 0 (the same positions as the plugin's empty-start prefill mode),
+        so that every call passes a start index of the same shape [B], as an engine wants.
+        """
+        batch_size, length = input_ids.shape
+        lengths = torch.full((batch_size,), start + length, dtype=torch.int32, device=input_ids.device)
+        start_idx = torch.full((batch_size,), start, dtype=torch.int32, device=input_ids.device)
+        logits, *deltas = self.step(input_ids, lengths, self.rope, start_idx, *self.caches)
+        write_deltas(self.caches, deltas, start)
+        return logits
+
+
 def generate_plugin(step: Callable, model, input_ids: torch.Tensor, num_tokens: int, stop: StopRule,
                     caches: list[torch.Tensor], on_first_token: Callable[[], None] | None = None) -> torch.Tensor:
     """Prefill, then decode one token a step, through a (compiled) PluginCausalLM: [B, T] -> [B, T + generated]."""
-    batch_size, prompt_len = input_ids.shape
-    device = input_ids.device
-    rope = rope_table(model.model.rotary_emb, caches[0].shape[3], device)
-    # Prefill as a chunk that starts at 0 (the same positions as the plugin's empty-start prefill mode),
-    # so that every call passes a start index of the same shape [B], as an engine wants.
-    start = torch.zeros(batch_size, dtype=torch.int32, device=device)
-    lengths = torch.full((batch_size,), prompt_len, dtype=torch.int32, device=device)
-    logits, *deltas = step(input_ids, lengths, rope, start, *caches)
-    write_deltas(caches, deltas, 0)
-    next_token = stop.apply(greedy(logits))
-    generated = [next_token]
-    if on_first_token is not None:
-        on_first_token()
-    for position in range(prompt_len, prompt_len + num_tokens - 1):
-        if stop.all_done():
-            break
-        lengths = torch.full((batch_size,), position + 1, dtype=torch.int32, device=device)
-        start = torch.full((batch_size,), position, dtype=torch.int32, device=device)
-        logits, *deltas = step(next_token[:, None], lengths, rope, start, *caches)
-        write_deltas(caches, deltas, position)
-        next_token = stop.apply(greedy(logits))
-        generated.append(next_token)
-    return torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1)
+    return generate_static_cache(PluginCachedModel(step, model, caches), Prompt.text(input_ids), num_tokens, stop,
+                                 on_first_token)
