@@ -1,4 +1,4 @@
-"""What static_cache_v1 and static_cache_v2 share: adding the cache inputs and outputs to a graph.
+"""What the static cache passes (v1, v2, v3) share: adding the cache inputs and outputs to a graph.
 
 Every cache pass gives each canonical attention node (register_sdpa.py) a K and a V cache input
 [B, Hkv, max_seq_len, D], adds inputs that say where this call's L tokens go, and returns the

@@ -265,7 +265,7 @@ def plain_graph_module(program: torch.export.ExportedProgram) -> GraphModule:
     """
     unlifted = program.module()
     for node in list(unlifted.graph.nodes):
-        if node.op == "call_module" and node.target == "_guards_fn" or node.target in _RUNTIME_CHECKS:
+        if (node.op == "call_module" and node.target == "_guards_fn") or node.target in _RUNTIME_CHECKS:
             unlifted.graph.erase_node(node)
     unlifted.graph.eliminate_dead_code()
     gm = GraphModule(unlifted, unlifted.graph)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -9,8 +11,7 @@ import static_cache_common
 from conftest import DEVICES, FAMILIES, lowered_graph, prompt_ids, tiny_model
 from generate import CachedModel, Prompt, StopRule, generate_no_cache, generate_static_cache, hf_generate, positions
 from register_sdpa import register_sdpa
-from static_cache_v3 import InPlaceCacheStep, takes_cache_position
-from utils import export_llm
+from utils import compile_lowered, export_llm
 
 STATIC_CACHES = ["static_v1", "static_v2", "static_v3"]
 CACHES = ["", *STATIC_CACHES]
@@ -33,7 +34,7 @@ def _lowered_tokens(model, gm, ids, cache, new_tokens=NEW_TOKENS):
 
 def _cached(gm, batch_size, max_seq_len, dtype, device="cpu"):
     """The lowered graph, uncompiled, called as run_llm.py calls a compiled one."""
-    step = InPlaceCacheStep(gm) if takes_cache_position(gm) else gm
+    step = compile_lowered(gm, argparse.Namespace(compiler="eager"), max_seq_len)
     return CachedModel(step, gm, batch_size, max_seq_len, dtype, device)
 
 
