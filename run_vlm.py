@@ -19,7 +19,7 @@ from functools import partial
 
 import torch
 
-from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, format_table, run_benchmark, summarize,
+from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, device_sync, format_table, run_benchmark, summarize,
                        token_agreement, write_json)
 from generate import CachedModel, StopRule, generate_no_cache, generate_static_cache
 from utils import (COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, UsageError, add_common_arguments,
@@ -79,13 +79,13 @@ def main(args: argparse.Namespace) -> None:
         return StopRule(eos, pad, stop_on_eos=not args.benchmark)
 
     vision_ms: list[float] = []
+    sync = device_sync(args.device)
 
     def run_compiled(on_first_token=None) -> torch.Tensor:
         with torch.no_grad():
             began = time.perf_counter()
             image_embeds = vlm.image_embeddings(inputs)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
+            sync()
             vision_ms.append((time.perf_counter() - began) * 1e3)
             prompt = vlm.prompt(inputs, image_embeds)
             if not args.cache:
