@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch.fx import GraphModule
 
+from cuda_graph_step import CudaGraphStep
 from static_cache_common import cache_inputs
 from static_cache_v3 import takes_cache_position
 
@@ -106,24 +107,34 @@ class CachedModel:
 
     v1/v2 graphs take the positions as ints and return new caches, which replace the old ones;
     v3 graphs (compiled as an InPlaceCacheStep) take them as a tensor and write the caches in place,
-    so the cache buffers keep their addresses from step to step, as CUDA graphs need.
+    so the cache buffers keep their addresses from step to step, as CUDA graphs need. With
+    `cuda_graphs`, a v3 step is captured once per input shape and replayed (cuda_graph_step.py).
+
+    A prompt's prefill into an empty cache (start 0) hands a v3 graph the caches' first L slots
+    only, unless `fixed_cache_shape` (a TensorRT engine's inputs have one shape): its queries then
+    fill the keys, attention is the plain causal one (register_sdpa), which runs as one fused
+    kernel, and no work goes to the empty slots.
+
+    One CachedModel serves any number of generations: slots past a sequence's last position are never
+    read (the cache passes mask or slice them away), so what an earlier generation left there is harmless.
     """
 
     def __init__(self, model: Callable, lowered: GraphModule, batch_size: int, max_seq_len: int,
-                 dtype: torch.dtype, device):
-        self.model = model
+                 dtype: torch.dtype, device, cuda_graphs: bool = False, fixed_cache_shape: bool = False):
         self.caches = allocate_caches(lowered, batch_size, max_seq_len, dtype, device)
         self.in_place = takes_cache_position(lowered)
-        if self.in_place:
-            for cache in self.caches:
-                torch._dynamo.mark_static_address(cache)
+        self.prefill_on_prefix = self.in_place and not fixed_cache_shape
+        self.model = CudaGraphStep(model) if cuda_graphs and self.in_place else model
 
     def __call__(self, inputs: torch.Tensor, position_ids: torch.Tensor, start: int) -> torch.Tensor:
         """logits of inputs [B, L] (or [B, L, H]) at cache slots start..start + L; the caches take their K/V."""
         end = start + inputs.shape[1]
         if self.in_place:
             cache_position = torch.arange(start, end, device=inputs.device)
-            return self.model(inputs, position_ids, *self.caches, cache_position)[0]
+            caches = self.caches
+            if start == 0 and self.prefill_on_prefix:
+                caches = [cache[:, :, :end] for cache in caches]
+            return self.model(inputs, position_ids, *caches, cache_position)[0]
         logits, *self.caches = self.model(inputs, position_ids, *self.caches, start, end)
         return logits
 

@@ -10,7 +10,9 @@ explicit, so that cache passes and converters need not read masks:
                        and j >  p_i - window   (when sliding_window is set)
 
 A cache pass may give the query positions p as a tensor instead (static_cache_v3: keys are the
-whole cache, the queries sit wherever the new tokens were written).
+whole cache, the queries sit wherever the new tokens were written). Positions are cache slots,
+distinct and ascending, so queries that fill all S slots sit at 0..S-1 and the mask is the plain
+causal one.
 
 Bottom-right alignment makes one node right for prefill (L == S), decode (L == 1) and
 chunked prefill (L < S). A mask is replaced only when evaluating it at several lengths shows it
@@ -38,7 +40,7 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
                         sliding_window: int | None = None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
     """The canonical node's PyTorch implementation, also traced into compiled graphs (compile_inductor.py)."""
     q_len, kv_len = q.shape[-2], k.shape[-2]
-    if causal and sliding_window is None and query_positions is None and q_len == kv_len:
+    if causal and sliding_window is None and q_len == kv_len:  # with or without positions: 0..L-1
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=True,
                                                                enable_gqa=q.shape[1] != k.shape[1])
     elif causal:
@@ -47,7 +49,7 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     else:
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,
                                                                enable_gqa=q.shape[1] != k.shape[1])
-    return _heads_inner(out)
+    return heads_inner(out)
 
 
 @torch.library.custom_op("llm_tools::attention", mutates_args=())
@@ -59,10 +61,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, c
 
 @attention.register_fake
 def _(q, k, v, scale, causal, sliding_window=None, query_positions=None):
-    return _heads_inner(torch.empty_like(q))
+    return heads_inner(torch.empty_like(q))
 
 
-def _heads_inner(out: torch.Tensor) -> torch.Tensor:
+def heads_inner(out: torch.Tensor) -> torch.Tensor:
     """[B, H, L, D] stored as [B, L, H, D], the layout sdpa's kernels return and the graph views it in."""
     return out.transpose(1, 2).contiguous().transpose(1, 2)
 

@@ -23,11 +23,11 @@ import plugin_utils
 from plugin_model import PluginCausalLM, allocate_plugin_caches, compile_plugin_model, generate_plugin
 from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, format_table, run_benchmark, token_agreement,
                        write_json)
-from generate import (CachedModel, Prompt, StopRule, generate_no_cache, generate_static_cache, hf_forward_no_cache,
-                      hf_generate)
-from utils import (BASELINES, COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, check_positions,
-                   compile_lowered, logger, eos_token_ids, export_llm, load_config, load_model, load_tokenizer,
-                   lower, pad_token_id, print_generation, print_match, run_main, validate_common_arguments)
+from generate import Prompt, StopRule, generate_no_cache, generate_static_cache, hf_forward_no_cache, hf_generate
+from utils import (BASELINES, COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, cached_model,
+                   check_positions, compile_lowered, logger, eos_token_ids, export_llm, load_config, load_model,
+                   load_tokenizer, lower, pad_token_id, print_generation, print_match, run_main,
+                   validate_common_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +77,7 @@ def main(args: argparse.Namespace) -> None:
     else:
         lowered = lower(export_llm(model, args.batch_size, max_seq_len), args.cache, max_seq_len)
         compiled = compile_lowered(lowered, args, max_seq_len)
+        cached = cached_model(compiled, lowered, args, max_seq_len) if args.cache else None
     build_seconds = time.perf_counter() - start
 
     def stop_rule() -> StopRule:
@@ -91,7 +92,6 @@ def main(args: argparse.Namespace) -> None:
                                        on_first_token)
             if not args.cache:
                 return generate_no_cache(compiled, Prompt.text(input_ids), args.num_tokens, stop_rule(), on_first_token)
-            cached = CachedModel(compiled, lowered, args.batch_size, max_seq_len, DTYPES[args.precision], args.device)
             return generate_static_cache(cached, Prompt.text(input_ids), args.num_tokens, stop_rule(), on_first_token)
 
     def pytorch_run(baseline: str):

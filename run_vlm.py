@@ -21,8 +21,8 @@ import torch
 
 from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, device_sync, format_table, run_benchmark, summarize,
                        token_agreement, write_json)
-from generate import CachedModel, StopRule, generate_no_cache, generate_static_cache
-from utils import (COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, UsageError, add_common_arguments,
+from generate import StopRule, generate_no_cache, generate_static_cache
+from utils import (COMPILER_LABELS, OneLineParser, RunSetup, UsageError, add_common_arguments, cached_model,
                    check_positions, compile_lowered, eos_token_ids, export_llm, load_config, load_tokenizer, lower,
                    pad_token_id, print_generation, print_match, run_main, validate_common_arguments)
 from vlm import FAMILIES, load_image
@@ -73,6 +73,7 @@ def main(args: argparse.Namespace) -> None:
     lowered = lower(export_llm(language_model, args.batch_size, max_seq_len, embeds=True,
                                position_rows=vlm.position_rows), args.cache, max_seq_len)
     compiled = compile_lowered(lowered, args, max_seq_len)
+    cached = cached_model(compiled, lowered, args, max_seq_len) if args.cache else None
     build_seconds = time.perf_counter() - start
 
     def stop_rule() -> StopRule:
@@ -90,7 +91,6 @@ def main(args: argparse.Namespace) -> None:
             prompt = vlm.prompt(inputs, image_embeds)
             if not args.cache:
                 return generate_no_cache(compiled, prompt, args.num_tokens, stop_rule(), on_first_token)
-            cached = CachedModel(compiled, lowered, args.batch_size, max_seq_len, DTYPES[args.precision], args.device)
             return generate_static_cache(cached, prompt, args.num_tokens, stop_rule(), on_first_token)
 
     def run_pytorch(on_first_token=None) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch.fx.graph import CodeGen
 
 from presets import MODEL_CONFIGS, TINY_PRESETS, ByteTokenizer, builtin_config, is_tiny_preset
 from fuse_projections import fuse_projections
+from generate import CachedModel
 from register_sdpa import register_sdpa
 from static_cache_v1 import insert_static_cache_v1
 from static_cache_v2 import insert_static_cache_v2
@@ -346,6 +347,17 @@ def compile_lowered(gm: GraphModule, args: argparse.Namespace, max_seq_len: int)
 
     compiled = compile_with_tensorrt(gm, args, max_seq_len)
     return InPlaceCacheStep(compiled) if in_place else compiled
+
+
+def cached_model(compiled: Callable, lowered: GraphModule, args: argparse.Namespace, max_seq_len: int) -> CachedModel:
+    """The compiled static-cache step with its caches, made once and used for every generation of a run.
+
+    Eager and inductor steps are captured as CUDA graphs here with --cudagraph; a TensorRT engine has
+    its own CUDA-graph mode (compile_tensorrt.py) and fixed-shape cache inputs.
+    """
+    tensorrt = args.compiler == "tensorrt"
+    return CachedModel(compiled, lowered, args.batch_size, max_seq_len, DTYPES[args.precision], args.device,
+                       cuda_graphs=args.cudagraph and not tensorrt, fixed_cache_shape=tensorrt)
 
 
 # --------------------------------------------------------------------------------------- report

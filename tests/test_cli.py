@@ -114,6 +114,16 @@ def test_inductor_fixed_shape_cache_matches_pytorch(model):
     assert result.stdout.splitlines()[-1] == "PyTorch and Inductor outputs match: True"
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("compiler", ["eager", "inductor"])
+def test_cuda_graph_steps_match_pytorch(compiler):
+    """--cudagraph with static_v3: each step replayed from a captured CUDA graph, FP32 on the GPU."""
+    result = run_llm("--model", "tiny-qwen2", "--compiler", compiler, "--cache", "static_v3", "--precision", "FP32",
+                     "--num_tokens", "24", "--enable_pytorch_run", "--device", "cuda", "--cudagraph")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"PyTorch and {compiler.capitalize()} outputs match: True"
+
+
 @pytest.mark.parametrize("capability, refused", [((9, 0), True), ((8, 6), False), ((12, 0), False)])
 def test_tensorrt_rtx_on_a_gpu_it_cannot_run_on(monkeypatch, capability, refused):
     """With only torch-tensorrt-rtx installed, a compute capability 9.0 GPU is refused before any loading."""

@@ -32,10 +32,10 @@ def _lowered_tokens(model, gm, ids, cache, new_tokens=NEW_TOKENS):
                                      new_tokens, _stop(model))
 
 
-def _cached(gm, batch_size, max_seq_len, dtype, device="cpu"):
+def _cached(gm, batch_size, max_seq_len, dtype, device="cpu", **options):
     """The lowered graph, uncompiled, called as run_llm.py calls a compiled one."""
     step = compile_lowered(gm, argparse.Namespace(compiler="eager"), max_seq_len)
-    return CachedModel(step, gm, batch_size, max_seq_len, dtype, device)
+    return CachedModel(step, gm, batch_size, max_seq_len, dtype, device, **options)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -121,3 +121,55 @@ def test_v3_without_query_positions_is_caught():
                                               position_inputs=(static_cache_v3.POSITION_INPUT,))
     expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
     assert not torch.equal(_lowered_tokens(model, gm, ids, "unpositioned"), expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_v3_prefill_on_the_cache_prefix_equals_prefill_on_the_whole_cache(family):
+    """A prompt's prefill sees the caches' first L slots (plain causal attention) or all of them (a TensorRT
+    engine's fixed shape, attention under the position mask): the same logits and K/V either way."""
+    model = tiny_model(family)
+    ids = prompt_ids(model, 2, 13, seed=4)
+    gm = lowered_graph(model, 2, 20, "static_v3")
+    prefix, whole = _cached(gm, 2, 20, model.dtype), _cached(gm, 2, 20, model.dtype, fixed_cache_shape=True)
+    with torch.no_grad():
+        for cache in whole.caches:
+            cache.normal_()  # what a longer earlier generation may have left: must stay unseen
+        on_prefix = prefix(ids, positions(0, 13, 2, "cpu"), 0)
+        on_whole = whole(ids, positions(0, 13, 2, "cpu"), 0)
+    torch.testing.assert_close(on_prefix, on_whole, atol=1e-5, rtol=1e-5)
+    for a, b in zip(prefix.caches, whole.caches):
+        torch.testing.assert_close(a[:, :, :13], b[:, :, :13], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_captured_steps_match_hugging_face(family, batch_size):
+    """static_v3 replayed from CUDA graphs (one for the prefill, one for every decode step), twice over one
+    CachedModel as a benchmark runs it."""
+    model = tiny_model(family, "cuda")
+    ids = prompt_ids(model, batch_size, PROMPT_LEN)
+    gm = lowered_graph(model, batch_size, PROMPT_LEN + NEW_TOKENS, "static_v3")
+    cached = _cached(gm, batch_size, PROMPT_LEN + NEW_TOKENS, model.dtype, "cuda", cuda_graphs=True)
+    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    for _ in range(2):
+        with torch.no_grad():
+            tokens = generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, _stop(model))
+        assert torch.equal(tokens, expected)
+    assert len(cached.model.graphs) == 2
+
+
+@pytest.mark.gpu
+def test_a_replay_on_stale_inputs_is_caught(monkeypatch):
+    """The comparison above can fail: replaying without copying in the new token repeats the first step's input."""
+    from cuda_graph_step import CudaGraphStep
+
+    monkeypatch.setattr(CudaGraphStep, "_load_inputs", staticmethod(lambda buffers, values: None))
+    model = tiny_model("tiny-llama", "cuda")
+    ids = prompt_ids(model, 1, PROMPT_LEN)
+    gm = lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, "static_v3")
+    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    assert len(set(expected[0, PROMPT_LEN:].tolist())) > 2  # a repeated token would hide the fault
+    cached = _cached(gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype, "cuda", cuda_graphs=True)
+    with torch.no_grad():
+        assert not torch.equal(generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, _stop(model)), expected)
