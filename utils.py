@@ -115,6 +115,8 @@ def validate_common_arguments(args: argparse.Namespace) -> None:
         check_tensorrt_runs_here(args.device)
     if args.cudagraph and not args.device.startswith("cuda"):
         raise UsageError("--cudagraph needs a CUDA device; drop it or use --device cuda")
+    if args.cudagraph and args.compiler == "eager" and args.cache != "static_v3":
+        logger.warning("--cudagraph with --compiler eager captures static_v3 steps only; this run is not captured")
     if args.baselines is None:
         gpu_benchmark = args.benchmark and args.device.startswith("cuda")
         args.baselines = ["hf_dynamic", "hf_static"] if gpu_benchmark else ["hf_dynamic"]

@@ -124,6 +124,28 @@ def test_cuda_graph_steps_match_pytorch(compiler):
     assert result.stdout.splitlines()[-1] == f"PyTorch and {compiler.capitalize()} outputs match: True"
 
 
+def profile_step(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "profile_step.py"), *flags],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_profile_step_needs_a_gpu():
+    assert_usage_error(profile_step("--model", "tiny-llama", "--compiler", "eager", "--device", "cpu"),
+                       "needs a CUDA device")
+
+
+@pytest.mark.gpu
+def test_profile_step_counts_the_kernels_of_every_layer():
+    result = profile_step("--model", "tiny-llama", "--compiler", "eager", "--precision", "FP32", "--isl", "8",
+                          "--num_tokens", "8", "--device", "cuda")
+    assert result.returncode == 0, result.stderr
+    counted = next(line for line in result.stdout.splitlines() if line.startswith("kernels per step:"))
+    kernels = int(counted.split(":")[1].split(",")[0])
+    layers = 2  # tiny-llama: each layer runs at least its projections and its attention
+    assert kernels >= 3 * layers, result.stdout
+    assert "| us per step | share | calls | kernel |" in result.stdout
+
+
 @pytest.mark.parametrize("capability, refused", [((9, 0), True), ((8, 6), False), ((12, 0), False)])
 def test_tensorrt_rtx_on_a_gpu_it_cannot_run_on(monkeypatch, capability, refused):
     """With only torch-tensorrt-rtx installed, a compute capability 9.0 GPU is refused before any loading."""

@@ -1,0 +1,88 @@
+"""Where a decode step's time goes: the static_v3 step captured as a CUDA graph, timed and profiled.
+
+    python benchmarks/profile_step.py --model Qwen/Qwen2.5-0.5B-Instruct --random_weights --precision FP16 \\
+        --compiler inductor --isl 128 --num_tokens 128
+
+Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever is passed). Prints
+the decode step's time in the generation loop (host included), the captured step replayed back to
+back (the GPU alone: the gap between the two is host time), the step's kernel count and summed kernel
+time (the gap to the replay time is the GPU idling between kernels), and the kernels that take most.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import run_llm  # noqa: E402
+from generate import Prompt, StopRule, generate_static_cache  # noqa: E402
+from utils import (UsageError, cached_model, compile_lowered, export_llm, load_config, load_model, lower,  # noqa: E402
+                   run_main, validate_common_arguments)
+
+REPLAYS = 100
+
+
+def main(args) -> None:
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise UsageError("profiling captures CUDA graphs and needs a CUDA device; pass --device cuda on a GPU")
+    args.cache, args.cudagraph, args.benchmark = "static_v3", True, True
+    validate_common_arguments(args)
+    if args.compiler == "tensorrt" or args.backend == "plugin":
+        raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
+    config = load_config(args)
+    input_ids = run_llm.input_ids_for(args, None, config)
+    max_seq_len = args.isl + args.num_tokens
+    model = load_model(args, config)
+    lowered = lower(export_llm(model, args.batch_size, max_seq_len), args.cache, max_seq_len)
+    cached = cached_model(compile_lowered(lowered, args, max_seq_len), lowered, args, max_seq_len)
+    prompt = Prompt.text(input_ids)
+
+    def seconds(run) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        generate = lambda: generate_static_cache(cached, prompt, args.num_tokens, StopRule([], 0, False))  # noqa: E731
+        generate()  # compiles and captures
+        prefill_s = min(seconds(lambda: cached(input_ids, prompt.position_ids(0, args.isl), 0)) for _ in range(3))
+        total_s = min(seconds(generate) for _ in range(3))
+    loop_us = (total_s - prefill_s) / (args.num_tokens - 1) * 1e6
+    # the decode step: one token per sequence over the whole cache (a one-token prefill sees a prefix)
+    decode_graph = next(graph for (inputs, _, cache), (graph, *_) in cached.model.graphs.items()
+                        if inputs[1] == 1 and cache[2] == max_seq_len)
+    replay_us = seconds(lambda: [decode_graph.replay() for _ in range(REPLAYS)]) / REPLAYS * 1e6
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(5):
+            decode_graph.replay()
+        torch.cuda.synchronize()
+    kernels = defaultdict(lambda: [0, 0.0])  # name -> [calls, microseconds], per step
+    for event in profile.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.name][0] += 1 / 5
+            kernels[event.name][1] += event.device_time / 5
+    kernel_us = sum(us for _, us in kernels.values())
+
+    print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler}")
+    print(f"decode step in the generation loop: {loop_us:8.1f} us  (prefill {prefill_s * 1e3:.2f} ms)")
+    print(f"decode step replayed back to back:  {replay_us:8.1f} us")
+    print(f"kernels per step: {sum(calls for calls, _ in kernels.values()):.0f}, their time: {kernel_us:.1f} us")
+    print("| us per step | share | calls | kernel |\n|---|---|---|---|")
+    for name, (calls, us) in sorted(kernels.items(), key=lambda item: -item[1][1])[:15]:
+        print(f"| {us:.1f} | {us / kernel_us:.0%} | {calls:.0f} | `{name[:90]}` |")
+
+
+if __name__ == "__main__":
+    parser = run_llm.build_parser()
+    parser.prog = "profile_step.py"
+    run_main(main, parser)
