@@ -23,7 +23,8 @@ import plugin_utils
 from plugin_model import PluginCausalLM, allocate_plugin_caches, compile_plugin_model, generate_plugin
 from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, format_table, run_benchmark, token_agreement,
                        write_json)
-from generate import Prompt, StopRule, generate_no_cache, generate_static_cache, hf_forward_no_cache, hf_generate
+from generate import (HFCompiledStep, Prompt, StopRule, generate_no_cache, generate_static_cache, hf_forward_no_cache,
+                      hf_generate)
 from utils import (BASELINES, COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, cached_model,
                    check_positions, compile_lowered, logger, eos_token_ids, export_llm, load_config, load_model,
                    load_tokenizer, lower, pad_token_id, print_generation, print_match, run_main,
@@ -95,7 +96,13 @@ def main(args: argparse.Namespace) -> None:
             return generate_static_cache(cached, Prompt.text(input_ids), args.num_tokens, stop_rule(), on_first_token)
 
     def pytorch_run(baseline: str):
+        compiled_step = HFCompiledStep(model, max_seq_len) if baseline == "hf_compiled_step" else None
+
         def run(on_first_token=None) -> torch.Tensor:
+            if compiled_step is not None:
+                with torch.no_grad():
+                    return generate_static_cache(compiled_step, Prompt.text(input_ids), args.num_tokens, stop_rule(),
+                                                 on_first_token)
             if baseline == "no_cache":
                 with torch.no_grad():
                     return generate_no_cache(hf_forward_no_cache(model), Prompt.text(input_ids), args.num_tokens,

@@ -36,6 +36,7 @@ CACHE_PASSES = {"static_v1": insert_static_cache_v1, "static_v2": insert_static_
 COMPILER_LABELS = {"tensorrt": "TensorRT", "inductor": "Inductor", "eager": "Eager"}
 BASELINES = {"hf_dynamic": "HF generate, dynamic cache",
              "hf_static": "HF generate, static cache compiled by HF",
+             "hf_compiled_step": "HF forward + StaticCache, decode step torch.compiled",
              "no_cache": "HF forward on the whole sequence per token, no cache"}
 
 
@@ -79,7 +80,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
     gen.add_argument("--baselines", nargs="+", choices=list(BASELINES), default=None,
                      help="PyTorch runs for --enable_pytorch_run, the first one the reference for token checks: "
                           + "; ".join(f"{k}: {v}" for k, v in BASELINES.items())
-                          + ". Default: hf_dynamic, plus hf_static when benchmarking on a GPU")
+                          + ". Default: hf_dynamic, plus hf_static and hf_compiled_step when benchmarking on a GPU")
 
     comp = parser.add_argument_group("compilation")
     comp.add_argument("--compiler", default="tensorrt", choices=list(COMPILER_LABELS),
@@ -119,7 +120,7 @@ def validate_common_arguments(args: argparse.Namespace) -> None:
         logger.warning("--cudagraph with --compiler eager captures static_v3 steps only; this run is not captured")
     if args.baselines is None:
         gpu_benchmark = args.benchmark and args.device.startswith("cuda")
-        args.baselines = ["hf_dynamic", "hf_static"] if gpu_benchmark else ["hf_dynamic"]
+        args.baselines = ["hf_dynamic", "hf_static", "hf_compiled_step"] if gpu_benchmark else ["hf_dynamic"]
 
 
 def _installed(distribution: str) -> bool:

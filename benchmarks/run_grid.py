@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache", default="static_v3")
     parser.add_argument("--cudagraph", action=argparse.BooleanOptionalAction, default=True,
                         help="pass --cudagraph to run_llm.py")
-    parser.add_argument("--baselines", nargs="*", default=["hf_dynamic", "hf_static"],
+    parser.add_argument("--baselines", nargs="*", default=["hf_dynamic", "hf_static", "hf_compiled_step"],
                         help="PyTorch baselines measured in the same run (none: no baseline)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
     return parser.parse_args()

@@ -150,6 +150,18 @@ def test_bad_input_is_one_line(case, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("run_vlm.py: error: ") and expected in lines[0], result.stderr
 
 
+def test_a_gpu_benchmark_without_baselines_is_not_refused(monkeypatch):
+    """On a GPU, benchmark mode's default baselines are run_llm.py's; run_vlm.py keeps its own reference."""
+    import run_vlm
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = run_vlm.build_parser().parse_args(["--model", "tiny-llama", "--compiler", "eager", "--device", "cuda",
+                                              "--benchmark", "--enable_pytorch_run"])
+    with pytest.raises(UsageError, match="use run_llm.py for text-only models"):  # past the baseline check
+        run_vlm.main(args)
+    assert args.baselines == ["hf_dynamic"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-qwen2.5-vl", "tiny-eagle2"])
 def test_run_vlm_prints_the_spec_blocks(model):
