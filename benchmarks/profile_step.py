@@ -3,7 +3,9 @@
     python benchmarks/profile_step.py --model Qwen/Qwen2.5-0.5B-Instruct --random_weights --precision FP16 \\
         --compiler inductor --isl 128 --num_tokens 128
 
-Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever is passed). Prints
+Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever is passed), and
+`--inductor_config name=value ...` to try inductor options (e.g. combo_kernels=True,
+coordinate_descent_tuning=True) before making one of them compile_inductor.py's default. Prints
 the decode step's time in the generation loop (host included), the captured step replayed back to
 back (the GPU alone: the gap between the two is host time), the step's kernel count and summed kernel
 time (the gap to the replay time is the GPU idling between kernels), and the kernels that take most.
@@ -11,6 +13,7 @@ time (the gap to the replay time is the GPU idling between kernels), and the ker
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 import time
@@ -25,15 +28,38 @@ from generate import Prompt, StopRule, generate_static_cache  # noqa: E402
 from utils import (UsageError, cached_model, compile_lowered, export_llm, load_config, load_model, lower,  # noqa: E402
                    run_main, validate_common_arguments)
 
-REPLAYS = 100
+REPLAYS = 100  # back-to-back replays timed together
+PROFILED = 5  # replays under the profiler, averaged
+
+
+def set_inductor_options(options: list[str]) -> None:
+    """name=value pairs (value a Python literal) set on torch._inductor.config; dotted names reach sub-configs."""
+    import torch._inductor.config as config
+
+    for option in options:
+        name, _, text = option.partition("=")
+        *parents, leaf = name.split(".")
+        owner = config
+        for parent in parents:
+            owner = getattr(owner, parent, None)
+        if owner is None or not hasattr(owner, leaf):
+            raise UsageError(f"--inductor_config {option}: torch._inductor.config has no option {name!r}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise UsageError(f"--inductor_config {option}: write the value as a Python literal, e.g. {name}=True")
+        setattr(owner, leaf, value)
 
 
 def main(args) -> None:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not (args.device.startswith("cuda") and torch.cuda.is_available()):
         raise UsageError("profiling captures CUDA graphs and needs a CUDA device; pass --device cuda on a GPU")
+    if args.num_tokens < 2:
+        raise UsageError(f"--num_tokens {args.num_tokens} leaves no decode step to profile; use 2 or more")
     args.cache, args.cudagraph, args.benchmark = "static_v3", True, True
     validate_common_arguments(args)
+    set_inductor_options(args.inductor_config)
     if args.compiler == "tensorrt" or args.backend == "plugin":
         raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
     config = load_config(args)
@@ -63,17 +89,18 @@ def main(args) -> None:
     replay_us = seconds(lambda: [decode_graph.replay() for _ in range(REPLAYS)]) / REPLAYS * 1e6
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-        for _ in range(5):
+        for _ in range(PROFILED):
             decode_graph.replay()
         torch.cuda.synchronize()
     kernels = defaultdict(lambda: [0, 0.0])  # name -> [calls, microseconds], per step
     for event in profile.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[event.name][0] += 1 / 5
-            kernels[event.name][1] += event.device_time / 5
+            kernels[event.name][0] += 1 / PROFILED
+            kernels[event.name][1] += event.device_time / PROFILED
     kernel_us = sum(us for _, us in kernels.values())
 
-    print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler}")
+    options = " ".join(args.inductor_config)
+    print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
     print(f"decode step in the generation loop: {loop_us:8.1f} us  (prefill {prefill_s * 1e3:.2f} ms)")
     print(f"decode step replayed back to back:  {replay_us:8.1f} us")
     print(f"kernels per step: {sum(calls for calls, _ in kernels.values()):.0f}, their time: {kernel_us:.1f} us")
@@ -85,4 +112,6 @@ def main(args) -> None:
 if __name__ == "__main__":
     parser = run_llm.build_parser()
     parser.prog = "profile_step.py"
+    parser.add_argument("--inductor_config", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="torch._inductor.config options for this run, e.g. combo_kernels=True")
     run_main(main, parser)

@@ -134,6 +134,24 @@ def test_profile_step_needs_a_gpu():
                        "needs a CUDA device")
 
 
+def test_profile_step_sets_inductor_options(monkeypatch):
+    import importlib.util
+
+    import torch._inductor.config as config
+
+    spec = importlib.util.spec_from_file_location("profile_step", os.path.join(ROOT, "benchmarks", "profile_step.py"))
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    monkeypatch.setattr(config, "combo_kernels", False)
+    monkeypatch.setattr(config.triton, "unique_kernel_names", False)
+    profile.set_inductor_options(["combo_kernels=True", "triton.unique_kernel_names=True"])
+    assert config.combo_kernels is True and config.triton.unique_kernel_names is True
+    for bad, message in [("no_such_option=1", "has no option 'no_such_option'"),
+                         ("combo_kernels=yes", "as a Python literal")]:
+        with pytest.raises(profile.UsageError, match=message):
+            profile.set_inductor_options([bad])
+
+
 @pytest.mark.gpu
 def test_profile_step_counts_the_kernels_of_every_layer():
     result = profile_step("--model", "tiny-llama", "--compiler", "eager", "--precision", "FP32", "--isl", "8",
