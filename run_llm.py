@@ -99,16 +99,15 @@ def main(args: argparse.Namespace) -> None:
         compiled_step = HFCompiledStep(model, max_seq_len) if baseline == "hf_compiled_step" else None
 
         def run(on_first_token=None) -> torch.Tensor:
-            if compiled_step is not None:
-                with torch.no_grad():
+            if baseline in ("hf_dynamic", "hf_static"):
+                return hf_generate(model, input_ids, args.num_tokens, stop_rule(), on_first_token,
+                                   static_cache=baseline == "hf_static")
+            with torch.no_grad():
+                if compiled_step is not None:
                     return generate_static_cache(compiled_step, Prompt.text(input_ids), args.num_tokens, stop_rule(),
                                                  on_first_token)
-            if baseline == "no_cache":
-                with torch.no_grad():
-                    return generate_no_cache(hf_forward_no_cache(model), Prompt.text(input_ids), args.num_tokens,
-                                             stop_rule(), on_first_token)
-            return hf_generate(model, input_ids, args.num_tokens, stop_rule(), on_first_token,
-                               static_cache=baseline == "hf_static")
+                return generate_no_cache(hf_forward_no_cache(model), Prompt.text(input_ids), args.num_tokens,
+                                         stop_rule(), on_first_token)
         return run
 
     if not args.benchmark:

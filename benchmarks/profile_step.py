@@ -6,9 +6,10 @@
 Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever is passed), and
 `--inductor_config name=value ...` to try inductor options (e.g. combo_kernels=True,
 coordinate_descent_tuning=True) before making one of them compile_inductor.py's default. Prints
-the decode step's time in the generation loop (host included), the captured step replayed back to
-back (the GPU alone: the gap between the two is host time), the step's kernel count and summed kernel
-time (the gap to the replay time is the GPU idling between kernels), and the kernels that take most.
+the decode step's time in the generation loop (host included: run_llm.py's TPOT, median over
+--iterations), the captured step replayed back to back (the GPU alone: the gap between the two is
+host time), the step's kernel count and summed kernel time (the gap to the replay time is the GPU
+idling between kernels), and the kernels that take most.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import ast
 import os
 import sys
-import time
 from collections import defaultdict
 
 import torch
@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import run_llm  # noqa: E402
+from benchmark import run_benchmark, time_generation  # noqa: E402
 from generate import Prompt, StopRule, generate_static_cache  # noqa: E402
 from utils import (UsageError, cached_model, compile_lowered, export_llm, load_config, load_model, lower,  # noqa: E402
                    run_main, validate_common_arguments)
@@ -68,25 +69,19 @@ def main(args) -> None:
     model = load_model(args, config)
     lowered = lower(export_llm(model, args.batch_size, max_seq_len), args.cache, max_seq_len)
     cached = cached_model(compile_lowered(lowered, args, max_seq_len), lowered, args, max_seq_len)
-    prompt = Prompt.text(input_ids)
 
-    def seconds(run) -> float:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        return time.perf_counter() - start
+    def generate(on_first_token=None) -> torch.Tensor:
+        with torch.no_grad():
+            return generate_static_cache(cached, Prompt.text(input_ids), args.num_tokens, StopRule([], 0, False),
+                                         on_first_token)
 
-    with torch.no_grad():
-        generate = lambda: generate_static_cache(cached, prompt, args.num_tokens, StopRule([], 0, False))  # noqa: E731
-        generate()  # compiles and captures
-        prefill_s = min(seconds(lambda: cached(input_ids, prompt.position_ids(0, args.isl), 0)) for _ in range(3))
-        total_s = min(seconds(generate) for _ in range(3))
-    loop_us = (total_s - prefill_s) / (args.num_tokens - 1) * 1e6
+    # the benchmark's own measurement: a warm-up run (compiles and captures), then --iterations timed runs
+    figures = run_benchmark(generate, args.device, args.iterations, args.batch_size, args.num_tokens).figures
     # the decode step: one token per sequence over the whole cache (a one-token prefill sees a prefix)
     decode_graph = next(graph for (inputs, _, cache), (graph, *_) in cached.model.graphs.items()
                         if inputs[1] == 1 and cache[2] == max_seq_len)
-    replay_us = seconds(lambda: [decode_graph.replay() for _ in range(REPLAYS)]) / REPLAYS * 1e6
+    replays = time_generation(lambda _: [decode_graph.replay() for _ in range(REPLAYS)], torch.cuda.synchronize)
+    replay_us = replays.total_s / REPLAYS * 1e6
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
         for _ in range(PROFILED):
@@ -101,7 +96,8 @@ def main(args) -> None:
 
     options = " ".join(args.inductor_config)
     print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
-    print(f"decode step in the generation loop: {loop_us:8.1f} us  (prefill {prefill_s * 1e3:.2f} ms)")
+    loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
+    print(f"decode step in the generation loop: {loop_us:8.1f} us  (prefill {prefill_ms:.2f} ms)")
     print(f"decode step replayed back to back:  {replay_us:8.1f} us")
     print(f"kernels per step: {sum(calls for calls, _ in kernels.values()):.0f}, their time: {kernel_us:.1f} us")
     print("| us per step | share | calls | kernel |\n|---|---|---|---|")
