@@ -5,11 +5,13 @@
 
 Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever is passed), and
 `--inductor_config name=value ...` to try inductor options (e.g. combo_kernels=True,
-coordinate_descent_tuning=True) before making one of them compile_inductor.py's default. Prints
+coordinate_descent_tuning=True) before making one of them compile_inductor.py's default, and
+`--plain_inductor` to compile without its small-model decode tuning (the comparison for it). Prints
 the decode step's time in the generation loop (host included: run_llm.py's TPOT, median over
 --iterations), the captured step replayed back to back (the GPU alone: the gap between the two is
 host time), the step's kernel count and summed kernel time (the gap to the replay time is the GPU
-idling between kernels), and the kernels that take most.
+idling between kernels; with programmatic dependent launch a kernel starts before the one before it
+ends, so the sum can exceed the replay time), and the kernels that take most.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import compile_inductor  # noqa: E402
 import run_llm  # noqa: E402
 from benchmark import run_benchmark, time_generation  # noqa: E402
 from generate import Prompt, StopRule, generate_static_cache  # noqa: E402
@@ -61,6 +64,8 @@ def main(args) -> None:
     args.cache, args.cudagraph, args.benchmark = "static_v3", True, True
     validate_common_arguments(args)
     set_inductor_options(args.inductor_config)
+    if args.plain_inductor:
+        compile_inductor.SMALL_MODEL_PARAMETERS = 0  # no model is small enough: inductor's defaults, cuBLAS
     if args.compiler == "tensorrt" or args.backend == "plugin":
         raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
     config = load_config(args)
@@ -94,7 +99,7 @@ def main(args) -> None:
             kernels[event.name][1] += event.device_time / PROFILED
     kernel_us = sum(us for _, us in kernels.values())
 
-    options = " ".join(args.inductor_config)
+    options = " ".join(args.inductor_config + (["--plain_inductor"] if args.plain_inductor else []))
     print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
     print(f"decode step in the generation loop: {loop_us:8.1f} us  (prefill {prefill_ms:.2f} ms)")
@@ -110,4 +115,6 @@ if __name__ == "__main__":
     parser.prog = "profile_step.py"
     parser.add_argument("--inductor_config", nargs="*", default=[], metavar="NAME=VALUE",
                         help="torch._inductor.config options for this run, e.g. combo_kernels=True")
+    parser.add_argument("--plain_inductor", action="store_true",
+                        help="compile without compile_inductor.py's small-model decode tuning, to compare with it")
     run_main(main, parser)

@@ -5,7 +5,7 @@
         --shapes 128/128 2048/128 --batch_sizes 1 8
 
 Every configuration runs in its own process (a fresh GPU state, its own compile), with random
-weights in FP16 unless told otherwise, and writes its JSON next to the table. Each row of
+weights in FP16 unless told otherwise, and writes its JSON and its output (.log) next to the table. Each row of
 results.md carries the command that produced it.
 """
 
@@ -72,20 +72,24 @@ def main() -> None:
                 command = command_for(args, model, isl, osl, batch_size, json_path)
                 shown = shlex.join(command[:-2])
                 print(f"running: {shown}", flush=True)
+                log_path = json_path[:-len(".json")] + ".log"  # written as it runs: kept if the grid is stopped
                 try:
-                    done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, capture_output=True, text=True,
-                                          timeout=args.timeout)
+                    with open(log_path, "w") as log:
+                        done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, stdout=log,
+                                              stderr=subprocess.STDOUT, text=True, timeout=args.timeout)
                 except subprocess.TimeoutExpired:
                     lines.append(f"| {model} | {batch_size} | {isl}/{osl} | timed out after {args.timeout} s |"
                                  + " |" * len(COLUMNS) + f" `{shown}` |")
                     continue
+                with open(log_path) as log:
+                    output = log.read().strip().splitlines() or ["no output"]
                 if done.returncode != 0:
-                    reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    reason = output[-1]
                     print(reason, file=sys.stderr)
                     lines.append(f"| {model} | {batch_size} | {isl}/{osl} | failed: {reason} |"
                                  + " |" * len(COLUMNS) + f" `{shown}` |")
                     continue
-                print(done.stdout.strip().splitlines()[0], flush=True)
+                print(f"wrote {json_path}", flush=True)
                 with open(json_path) as f:
                     results = json.load(f)["results"]
                 for backend, figures in results.items():

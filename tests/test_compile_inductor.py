@@ -1,12 +1,19 @@
-"""compile_inductor's written-out decode attention against the canonical node's reference implementation."""
+"""compile_inductor's written-out decode attention and one-row products against independent references."""
 
 from __future__ import annotations
+
+import argparse
 
 import pytest
 import torch
 
 import compile_inductor
+from conftest import FAMILIES, lowered_graph, prompt_ids, tiny_model
+from generate import CachedModel, Prompt, StopRule, generate_static_cache
 from register_sdpa import attention_reference
+from utils import compile_lowered
+
+PROMPT_LEN, NEW_TOKENS = 10, 14
 
 
 def _inputs(q_heads, kv_heads, q_len, kv_len, seed=0):
@@ -48,3 +55,81 @@ def test_prefill_and_long_caches_keep_sdpa(monkeypatch):
         compile_inductor.attention_for_inductor(*_inputs(4, 4, q_len, kv_len), 0.3, True, None,
                                                 torch.arange(kv_len - q_len, kv_len))
     assert len(calls) == 2
+
+
+# --------------------------------------------------------------------------- one-row products
+
+
+def _product_inputs(rows, inner, outer, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, inner, generator=generator)
+    weight = torch.randn(outer, inner, generator=generator)  # as nn.Linear keeps it: [N, K]
+    return x, weight, torch.randn(outer, generator=generator)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_product_as_sums_equals_a_float64_matmul(with_bias):
+    x, weight, bias = _product_inputs(1, 96, 40)
+    expected = x.double() @ weight.double().t() + (bias.double() if with_bias else 0)
+    out = compile_inductor.product_as_sums(x, weight.t(), bias if with_bias else None)
+    torch.testing.assert_close(out, expected.float(), atol=1e-4, rtol=1e-4)
+    half = compile_inductor.product_as_sums(x.half(), weight.t().half(), bias.half() if with_bias else None)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), expected.float(), atol=0.05, rtol=0.01)
+
+
+def test_a_product_with_the_weight_the_wrong_way_round_is_caught():
+    x, weight, _ = _product_inputs(1, 64, 64)
+    expected = x @ weight.t()
+    assert not torch.allclose(compile_inductor.product_as_sums(x, weight), expected, atol=1e-3)
+
+
+def _one_row_logits(family, monkeypatch):
+    """The logits of every step of a greedy generation by the static_v3 graph with its one-row products
+    written out (run eagerly on the CPU), and the Hugging Face model's logits over the same tokens."""
+    monkeypatch.setattr(compile_inductor, "_one_row_on_gpu", lambda x: x.shape[0] == 1)
+    calls = []
+    product_as_sums = compile_inductor.product_as_sums
+    monkeypatch.setattr(compile_inductor, "product_as_sums", lambda *args: calls.append(1) or product_as_sums(*args))
+    model = tiny_model(family)
+    with torch.no_grad():
+        for name, bias in model.named_parameters():
+            if name.endswith(".bias"):  # initialised to zeros: give them a part to play
+                bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
+    ids = prompt_ids(model, 1, PROMPT_LEN)
+    gm = compile_inductor.write_out_one_row_products(lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, "static_v3"))
+    step = compile_lowered(gm, argparse.Namespace(compiler="eager"), PROMPT_LEN + NEW_TOKENS)
+    cached = CachedModel(step, gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype, "cpu")
+    logits = []
+
+    def recorded(*args):
+        logits.append(cached(*args)[:, -1])
+        return logits[-1][:, None]
+
+    with torch.no_grad():
+        tokens = generate_static_cache(recorded, Prompt.text(ids), NEW_TOKENS, StopRule([], 0, False))
+        expected = model(tokens[:, :-1]).logits[:, PROMPT_LEN - 1:]  # [1, NEW_TOKENS, V]
+    written_out = (compile_inductor.mm_for_inductor, compile_inductor.addmm_for_inductor)
+    products = sum(node.target in written_out for node in gm.graph.nodes)
+    assert products and len(calls) >= (NEW_TOKENS - 1) * products  # every product of every decode step
+    return torch.stack(logits, dim=1), expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_written_out_one_row_products_match_hugging_face(family, monkeypatch):
+    logits, expected = _one_row_logits(family, monkeypatch)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_written_out_product_without_its_bias_is_caught(monkeypatch):
+    product_as_sums = compile_inductor.product_as_sums
+    without_bias = lambda x, weight_t, bias=None: product_as_sums(x, weight_t)  # noqa: E731
+    monkeypatch.setattr(compile_inductor, "product_as_sums", without_bias)
+    logits, expected = _one_row_logits("tiny-qwen2", monkeypatch)  # its q, k and v projections have biases
+    assert not torch.allclose(logits, expected, atol=1e-2)
+
+
+def test_small_decode_tuning_is_for_gpus_only():
+    model = tiny_model("tiny-llama")
+    gm = lowered_graph(model, 1, 16, "static_v3")
+    assert not compile_inductor.tuned_for_small_decode(gm, argparse.Namespace(batch_size=1))
