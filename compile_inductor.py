@@ -15,7 +15,8 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     step is compiled with coordinate-descent tuning of each kernel's block sizes and programmatic
     dependent launch. A decode step of such a model is a few hundred small kernels whose fixed
     costs dominate: with cuBLAS each projection took 4.4-7 us whatever its size. Measured on the
-    H200 (FP16, cache of 256, benchmarks/profile_step.py, decode step in the generation loop):
+    H200 (FP16, cache of 256, decode step in the generation loop, separate benchmarks/profile_step.py
+    runs):
     Qwen2.5-0.5B 1074 -> 889 us, Llama-3.2-1B 1161 -> 1005 us. Not one of the three alone (0.5B):
     the tuning without the rewrite 1225 us (its attention kernels slowed), rewrite and tuning
     without PDL 1010 us, rewrite and PDL without tuning 1093 us. Larger models keep cuBLAS and

@@ -5,8 +5,8 @@
         --shapes 128/128 2048/128 --batch_sizes 1 8
 
 Every configuration runs in its own process (a fresh GPU state, its own compile), with random
-weights in FP16 unless told otherwise, and writes its JSON and its output (.log) next to the table. Each row of
-results.md carries the command that produced it.
+weights in FP16 unless told otherwise, and writes its JSON and its output (.log) next to the
+table. Each row of results.md carries the command that produced it.
 """
 
 from __future__ import annotations

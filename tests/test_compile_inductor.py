@@ -130,6 +130,14 @@ def test_a_written_out_product_without_its_bias_is_caught(monkeypatch):
 
 
 def test_small_decode_tuning_is_for_gpus_only():
-    model = tiny_model("tiny-llama")
-    gm = lowered_graph(model, 1, 16, "static_v3")
+    gm = lowered_graph(tiny_model("tiny-llama"), 1, 16, "static_v3")
+    assert not compile_inductor.tuned_for_small_decode(gm, argparse.Namespace(batch_size=1))
+
+
+@pytest.mark.gpu
+def test_small_decode_tuning_is_for_small_models_at_batch_1(monkeypatch):
+    gm = lowered_graph(tiny_model("tiny-llama", "cuda"), 1, 16, "static_v3")
+    assert compile_inductor.tuned_for_small_decode(gm, argparse.Namespace(batch_size=1))
+    assert not compile_inductor.tuned_for_small_decode(gm, argparse.Namespace(batch_size=8))
+    monkeypatch.setattr(compile_inductor, "SMALL_MODEL_PARAMETERS", 1000)  # tiny-llama has more
     assert not compile_inductor.tuned_for_small_decode(gm, argparse.Namespace(batch_size=1))
