@@ -11,7 +11,8 @@ the decode step's time in the generation loop (host included: run_llm.py's TPOT,
 --iterations), the captured step replayed back to back (the GPU alone: the gap between the two is
 host time), the step's kernel count and summed kernel time (the gap to the replay time is the GPU
 idling between kernels; with programmatic dependent launch a kernel starts before the one before it
-ends, so the sum can exceed the replay time), and the kernels that take most.
+ends, so the sum can exceed the replay time), what the loop itself runs on the GPU at each decode
+step besides the step (input copies, positions, the argmax), and the kernels that take most.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ast
 import os
 import sys
 from collections import defaultdict
+from typing import Callable
 
 import torch
 
@@ -55,6 +57,19 @@ def set_inductor_options(options: list[str]) -> None:
         setattr(owner, leaf, value)
 
 
+def gpu_work(run: Callable[[], object], runs: int) -> dict[str, list[float]]:
+    """Kernels and copies on the GPU while `run` runs, by name: [calls, microseconds] per run."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        run()
+        torch.cuda.synchronize()
+    work = defaultdict(lambda: [0.0, 0.0])
+    for event in profile.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            work[event.name][0] += 1 / runs
+            work[event.name][1] += event.device_time / runs
+    return work
+
+
 def main(args) -> None:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not (args.device.startswith("cuda") and torch.cuda.is_available()):
@@ -88,16 +103,12 @@ def main(args) -> None:
     replays = time_generation(lambda _: [decode_graph.replay() for _ in range(REPLAYS)], torch.cuda.synchronize)
     replay_us = replays.total_s / REPLAYS * 1e6
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-        for _ in range(PROFILED):
-            decode_graph.replay()
-        torch.cuda.synchronize()
-    kernels = defaultdict(lambda: [0, 0.0])  # name -> [calls, microseconds], per step
-    for event in profile.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[event.name][0] += 1 / PROFILED
-            kernels[event.name][1] += event.device_time / PROFILED
+    kernels = gpu_work(lambda: [decode_graph.replay() for _ in range(PROFILED)], PROFILED)  # per step
     kernel_us = sum(us for _, us in kernels.values())
+    # the loop's own GPU work: what a generation runs once per decode step besides the step's graph
+    decode_steps = args.num_tokens - 1
+    outside = {name: (calls / decode_steps, us / decode_steps) for name, (calls, us) in gpu_work(generate, 1).items()
+               if name not in kernels and calls >= decode_steps}
 
     options = " ".join(args.inductor_config + (["--plain_inductor"] if args.plain_inductor else []))
     print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
@@ -105,6 +116,9 @@ def main(args) -> None:
     print(f"decode step in the generation loop: {loop_us:8.1f} us  (prefill {prefill_ms:.2f} ms)")
     print(f"decode step replayed back to back:  {replay_us:8.1f} us")
     print(f"kernels per step: {sum(calls for calls, _ in kernels.values()):.0f}, their time: {kernel_us:.1f} us")
+    print(f"outside the step, per decode step: {sum(calls for calls, _ in outside.values()):.0f} kernels and copies, "
+          f"{sum(us for _, us in outside.values()):.1f} us: "
+          + ", ".join(f"{name[:40]} {us:.1f} us" for name, (_, us) in sorted(outside.items(), key=lambda i: -i[1][1])))
     print("| us per step | share | calls | kernel |\n|---|---|---|---|")
     for name, (calls, us) in sorted(kernels.items(), key=lambda item: -item[1][1])[:15]:
         print(f"| {us:.1f} | {us / kernel_us:.0%} | {calls:.0f} | `{name[:90]}` |")

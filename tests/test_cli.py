@@ -161,6 +161,8 @@ def test_profile_step_counts_the_kernels_of_every_layer():
     kernels = int(counted.split(":")[1].split(",")[0])
     layers = 2  # tiny-llama: each layer runs at least its projections and its attention
     assert kernels >= 3 * layers, result.stdout
+    loop = next(line for line in result.stdout.splitlines() if line.startswith("outside the step"))
+    assert float(loop.split(":")[1].split()[0]) >= 1, result.stdout  # at least the argmax of each step
     assert "| us per step | share | calls | kernel |" in result.stdout
 
 
