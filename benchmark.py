@@ -10,7 +10,9 @@ decode steps achieved, to be read against the device's measured copy bandwidth.
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -204,5 +206,7 @@ def format_table(setup, results: dict[str, dict], notes: dict | None = None) -> 
 
 
 def write_json(path: str, setup, results: dict, extra: dict | None = None) -> None:
+    """The results, with the setup and the command line that produced them."""
+    command = shlex.join(["python", *sys.argv])
     with open(path, "w") as f:
-        json.dump({"setup": asdict(setup), "results": results, **(extra or {})}, f, indent=2)
+        json.dump({"setup": asdict(setup), "command": command, "results": results, **(extra or {})}, f, indent=2)

@@ -6,7 +6,9 @@
 
 Every configuration runs in its own process (a fresh GPU state, its own compile), with random
 weights in FP16 unless told otherwise, and writes its JSON and its output (.log) next to the
-table. Each row of results.md carries the command that produced it.
+table. Each row of results.md carries the command that produced it. With --resume, a grid that was
+stopped, or that is spread over several sessions on a GPU, runs only the configurations whose JSON
+is missing or came from another command.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--baselines", nargs="*", default=["hf_dynamic", "hf_static", "hf_compiled_step"],
                         help="PyTorch baselines measured in the same run (none: no baseline)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the configurations whose JSON in --out came from the same command; run the rest")
     return parser.parse_args()
 
 
@@ -59,6 +63,29 @@ def cell(value) -> str:
     return f"{value['median'] if isinstance(value, dict) else value:.2f}"
 
 
+def measured_before(json_path: str, shown: str) -> bool:
+    """Whether json_path holds the results of this very command (what --resume keeps)."""
+    if not os.path.exists(json_path):
+        return False
+    with open(json_path) as f:
+        return json.load(f).get("command", "").split(" --output_json ")[0] == shown
+
+
+def run_configuration(command: list[str], json_path: str, timeout: int) -> str | None:
+    """Run one configuration, its output going to a .log next to its JSON as it runs; None, or why it failed."""
+    log_path = json_path[:-len(".json")] + ".log"  # kept if the grid is stopped
+    try:
+        with open(log_path, "w") as log:
+            done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                  text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout} s"
+    if done.returncode == 0:
+        return None
+    with open(log_path) as log:
+        return "failed: " + (log.read().strip().splitlines() or ["no output"])[-1]
+
+
 def main() -> None:
     args = parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -71,25 +98,16 @@ def main() -> None:
                 json_path = os.path.join(args.out, f"{model.replace('/', '_')}_b{batch_size}_{isl}_{osl}.json")
                 command = command_for(args, model, isl, osl, batch_size, json_path)
                 shown = shlex.join(command[:-2])
-                print(f"running: {shown}", flush=True)
-                log_path = json_path[:-len(".json")] + ".log"  # written as it runs: kept if the grid is stopped
-                try:
-                    with open(log_path, "w") as log:
-                        done = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, stdout=log,
-                                              stderr=subprocess.STDOUT, text=True, timeout=args.timeout)
-                except subprocess.TimeoutExpired:
-                    lines.append(f"| {model} | {batch_size} | {isl}/{osl} | timed out after {args.timeout} s |"
-                                 + " |" * len(COLUMNS) + f" `{shown}` |")
-                    continue
-                with open(log_path) as log:
-                    output = log.read().strip().splitlines() or ["no output"]
-                if done.returncode != 0:
-                    reason = output[-1]
-                    print(reason, file=sys.stderr)
-                    lines.append(f"| {model} | {batch_size} | {isl}/{osl} | failed: {reason} |"
-                                 + " |" * len(COLUMNS) + f" `{shown}` |")
-                    continue
-                print(f"wrote {json_path}", flush=True)
+                if args.resume and measured_before(json_path, shown):
+                    print(f"kept: {json_path}", flush=True)
+                else:
+                    print(f"running: {shown}", flush=True)
+                    failure = run_configuration(command, json_path, args.timeout)
+                    if failure is not None:
+                        print(failure, file=sys.stderr)
+                        lines.append(f"| {model} | {batch_size} | {isl}/{osl} | {failure} |" + " |" * len(COLUMNS)
+                                     + f" `{shown}` |")
+                        continue
                 with open(json_path) as f:
                     results = json.load(f)["results"]
                 for backend, figures in results.items():

@@ -1,0 +1,59 @@
+"""benchmarks/run_grid.py: one run_llm.py process per configuration, a table with each row's command, --resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+GRID = ["--models", "tiny-llama", "--shapes", "8/4", "--iterations", "1", "--precision", "FP32", "--no-cudagraph",
+        "--baselines", "hf_dynamic"]
+
+
+def _run_grid_module():
+    spec = importlib.util.spec_from_file_location("run_grid", os.path.join(ROOT, "benchmarks", "run_grid.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """One grid run for real: tiny-llama on the CPU, its baseline and the compiled model."""
+    out = tmp_path_factory.mktemp("grid")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run_grid.py"), "--out", str(out), *GRID],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_each_backend_is_a_row_with_the_command_that_made_it(grid):
+    rows = [line for line in (grid / "results.md").read_text().splitlines() if line.startswith("| tiny-llama")]
+    assert len(rows) == 2 and "HF generate" in rows[0] and "Inductor, static_v3" in rows[1]
+    saved = json.loads((grid / "tiny-llama_b1_8_4.json").read_text())
+    command = saved["command"].split(" --output_json ")[0]
+    assert command.startswith("python run_llm.py --model tiny-llama --random_weights --precision FP32")
+    assert all(f"`{command}`" in row for row in rows)
+    assert (grid / "tiny-llama_b1_8_4.log").read_text().strip()  # the run's own output, kept
+
+
+@pytest.mark.slow
+def test_resume_runs_only_what_another_command_measured(grid, monkeypatch, capsys):
+    run_grid = _run_grid_module()
+    runs = []
+    monkeypatch.setattr(run_grid, "run_configuration", lambda command, *_: runs.append(command) or "failed: not run")
+    monkeypatch.setattr(sys, "argv", ["run_grid.py", "--out", str(grid), *GRID, "--resume"])
+    run_grid.main()
+    assert runs == [] and "kept:" in capsys.readouterr().out
+    rows = [line for line in (grid / "results.md").read_text().splitlines() if line.startswith("| tiny-llama")]
+    assert len(rows) == 2  # from the JSON
+    monkeypatch.setattr(sys, "argv", ["run_grid.py", "--out", str(grid), *GRID[:-1], "hf_static", "--resume"])
+    run_grid.main()  # another baseline: another command, so it runs
+    assert len(runs) == 1 and "hf_static" in runs[0]
