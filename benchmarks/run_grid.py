@@ -7,8 +7,8 @@
 Every configuration runs in its own process (a fresh GPU state, its own compile), with random
 weights in FP16 unless told otherwise, and writes its JSON and its output (.log) next to the
 table. Each row of results.md carries the command that produced it. With --resume, a grid that was
-stopped, or that is spread over several sessions on a GPU, runs only the configurations whose JSON
-is missing or came from another command.
+stopped, or that is run in parts, runs only the configurations whose JSON is missing or came from
+another command.
 """
 
 from __future__ import annotations
