@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models built offline, and their lowered graphs."""
+"""Shared fixtures: tiny models built offline, their lowered graphs, and what the loops need to run them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils import export_llm, load_config, load_model, lower  # noqa: E402
+from generate import CachedModel, StopRule  # noqa: E402
+from utils import compile_lowered, export_llm, load_config, load_model, lower  # noqa: E402
 
 FAMILIES = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"]
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -48,3 +49,15 @@ def prompt_ids(model, batch_size: int, length: int, seed: int = 0) -> torch.Tens
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 256, (batch_size, length), generator=generator)
     return ids.to(next(model.parameters()).device)
+
+
+def eager_cached(gm, batch_size: int, max_seq_len: int, dtype, device="cpu", **options) -> CachedModel:
+    """The lowered graph, uncompiled, with its caches: called as run_llm.py calls a compiled one."""
+    step = compile_lowered(gm, argparse.Namespace(compiler="eager"), max_seq_len)
+    return CachedModel(step, gm, batch_size, max_seq_len, dtype, device, **options)
+
+
+def eos_stop(model) -> StopRule:
+    """Stop at the model's EOS, padding with 258, as Hugging Face's generate is asked to."""
+    eos = model.config.eos_token_id
+    return StopRule(eos if isinstance(eos, list) else [eos], 258)

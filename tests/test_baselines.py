@@ -5,15 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import prompt_ids, tiny_model
-from generate import HFCompiledStep, Prompt, StopRule, generate_static_cache, hf_generate
+from conftest import eos_stop, prompt_ids, tiny_model
+from generate import HFCompiledStep, Prompt, generate_static_cache, hf_generate
 
 PROMPT_LEN, NEW_TOKENS = 10, 14
-
-
-def _stop(model):
-    eos = model.config.eos_token_id
-    return StopRule(eos if isinstance(eos, list) else [eos], 258)
 
 
 @pytest.mark.slow
@@ -22,22 +17,22 @@ def test_compiled_step_matches_generate(family):
     """Two generations over one HFCompiledStep (compiled once, cache reset in between), FP32 on the CPU."""
     model = tiny_model(family)
     ids = prompt_ids(model, 2, PROMPT_LEN)
-    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    expected = hf_generate(model, ids, NEW_TOKENS, eos_stop(model))
     step = HFCompiledStep(model, PROMPT_LEN + NEW_TOKENS)
     for _ in range(2):
         with torch.no_grad():
-            assert torch.equal(generate_static_cache(step, Prompt.text(ids), NEW_TOKENS, _stop(model)), expected)
+            assert torch.equal(generate_static_cache(step, Prompt.text(ids), NEW_TOKENS, eos_stop(model)), expected)
 
 
 def test_a_step_without_the_cache_is_caught():
     """The comparison can fail: decode steps that do not see the static cache (the prompt) give other tokens."""
     model = tiny_model("tiny-llama")
     ids = prompt_ids(model, 1, PROMPT_LEN)
-    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    expected = hf_generate(model, ids, NEW_TOKENS, eos_stop(model))
     step = HFCompiledStep(model, PROMPT_LEN + NEW_TOKENS)
     step.decode_step = lambda past_key_values, **inputs: model(past_key_values=None, **inputs)  # eager, no cache
     with torch.no_grad():
-        assert not torch.equal(generate_static_cache(step, Prompt.text(ids), NEW_TOKENS, _stop(model)), expected)
+        assert not torch.equal(generate_static_cache(step, Prompt.text(ids), NEW_TOKENS, eos_stop(model)), expected)
 
 
 def _graphs_compiled(step: HFCompiledStep, model, ids) -> int:
@@ -46,7 +41,7 @@ def _graphs_compiled(step: HFCompiledStep, model, ids) -> int:
     torch._dynamo.utils.counters.clear()
     for _ in range(2):
         with torch.no_grad():
-            generate_static_cache(step, Prompt.text(ids), NEW_TOKENS, _stop(model))
+            generate_static_cache(step, Prompt.text(ids), NEW_TOKENS, eos_stop(model))
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 

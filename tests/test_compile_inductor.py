@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import copy
 
 import pytest
 import torch
 
 import compile_inductor
-from conftest import FAMILIES, lowered_graph, prompt_ids, tiny_model
-from generate import CachedModel, Prompt, StopRule, generate_static_cache
+from conftest import FAMILIES, eager_cached, lowered_graph, prompt_ids, tiny_model
+from generate import Prompt, StopRule, generate_static_cache
 from register_sdpa import attention_reference
-from utils import compile_lowered
 
 PROMPT_LEN, NEW_TOKENS = 10, 14
 
@@ -91,15 +91,14 @@ def _one_row_logits(family, monkeypatch):
     calls = []
     product_as_sums = compile_inductor.product_as_sums
     monkeypatch.setattr(compile_inductor, "product_as_sums", lambda *args: calls.append(1) or product_as_sums(*args))
-    model = tiny_model(family)
+    model = copy.deepcopy(tiny_model(family))  # its biases change below: not the shared one
     with torch.no_grad():
         for name, bias in model.named_parameters():
             if name.endswith(".bias"):  # initialised to zeros: give them a part to play
                 bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
     ids = prompt_ids(model, 1, PROMPT_LEN)
     gm = compile_inductor.write_out_one_row_products(lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, "static_v3"))
-    step = compile_lowered(gm, argparse.Namespace(compiler="eager"), PROMPT_LEN + NEW_TOKENS)
-    cached = CachedModel(step, gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype, "cpu")
+    cached = eager_cached(gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype)
     logits = []
 
     def recorded(*args):

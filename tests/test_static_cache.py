@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
 import static_cache_common
-from conftest import DEVICES, FAMILIES, lowered_graph, prompt_ids, tiny_model
-from generate import CachedModel, Prompt, StopRule, generate_no_cache, generate_static_cache, hf_generate, positions
+from conftest import DEVICES, FAMILIES, eager_cached, eos_stop, lowered_graph, prompt_ids, tiny_model
+from generate import Prompt, generate_no_cache, generate_static_cache, hf_generate, positions
 from register_sdpa import register_sdpa
-from utils import compile_lowered, export_llm
+from utils import export_llm
 
 STATIC_CACHES = ["static_v1", "static_v2", "static_v3"]
 CACHES = ["", *STATIC_CACHES]
 PROMPT_LEN, NEW_TOKENS = 10, 14  # tiny-gemma3's window is 8: generation runs past it
 
 
-def _stop(model):
-    eos = model.config.eos_token_id
-    return StopRule(eos if isinstance(eos, list) else [eos], 258)
-
-
 def _lowered_tokens(model, gm, ids, cache, new_tokens=NEW_TOKENS):
     max_seq_len = ids.shape[1] + new_tokens
     with torch.no_grad():
         if not cache:
-            return generate_no_cache(gm, Prompt.text(ids), new_tokens, _stop(model))
-        return generate_static_cache(_cached(gm, ids.shape[0], max_seq_len, model.dtype, ids.device), Prompt.text(ids),
-                                     new_tokens, _stop(model))
-
-
-def _cached(gm, batch_size, max_seq_len, dtype, device="cpu", **options):
-    """The lowered graph, uncompiled, called as run_llm.py calls a compiled one."""
-    step = compile_lowered(gm, argparse.Namespace(compiler="eager"), max_seq_len)
-    return CachedModel(step, gm, batch_size, max_seq_len, dtype, device, **options)
+            return generate_no_cache(gm, Prompt.text(ids), new_tokens, eos_stop(model))
+        cached = eager_cached(gm, ids.shape[0], max_seq_len, model.dtype, ids.device)
+        return generate_static_cache(cached, Prompt.text(ids), new_tokens, eos_stop(model))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -46,7 +33,7 @@ def test_tokens_match_hugging_face(family, cache, batch_size, device):
     model = tiny_model(family, device)
     ids = prompt_ids(model, batch_size, PROMPT_LEN)
     gm = lowered_graph(model, batch_size, PROMPT_LEN + NEW_TOKENS, cache)
-    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    expected = hf_generate(model, ids, NEW_TOKENS, eos_stop(model))
     assert torch.equal(_lowered_tokens(model, gm, ids, cache), expected)
 
 
@@ -57,7 +44,7 @@ def test_gemma3_past_sliding_window(cache):
     assert model.config.sliding_window == 8
     ids = prompt_ids(model, 2, 3, seed=5)
     gm = lowered_graph(model, 2, 3 + 30, cache)
-    expected = hf_generate(model, ids, 30, _stop(model))
+    expected = hf_generate(model, ids, 30, eos_stop(model))
     assert expected.shape[1] > 3 + model.config.sliding_window
     assert torch.equal(_lowered_tokens(model, gm, ids, cache, 30), expected)
 
@@ -68,7 +55,7 @@ def test_chunked_prefill_equals_one_prefill(family, cache):
     model = tiny_model(family)
     ids = prompt_ids(model, 2, 13, seed=3)
     gm = lowered_graph(model, 2, 20, cache)
-    whole, chunked = _cached(gm, 2, 20, model.dtype), _cached(gm, 2, 20, model.dtype)
+    whole, chunked = eager_cached(gm, 2, 20, model.dtype), eager_cached(gm, 2, 20, model.dtype)
     with torch.no_grad():
         whole_logits = whole(ids, positions(0, 13, 2, "cpu"), 0)
         chunked(ids[:, :8], positions(0, 8, 2, "cpu"), 0)
@@ -106,7 +93,7 @@ def test_a_cache_that_forgets_the_past_is_caught():
                                                         static_cache_common.to_end(graph, cache, end)])
 
     gm = static_cache_common.add_static_cache(gm, PROMPT_LEN + NEW_TOKENS, forgetful, "forgetful")
-    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    expected = hf_generate(model, ids, NEW_TOKENS, eos_stop(model))
     assert not torch.equal(_lowered_tokens(model, gm, ids, "forgetful"), expected)
 
 
@@ -119,7 +106,7 @@ def test_v3_without_query_positions_is_caught():
     gm = register_sdpa(export_llm(model, 1, PROMPT_LEN + NEW_TOKENS))
     gm = static_cache_common.add_static_cache(gm, PROMPT_LEN + NEW_TOKENS, static_cache_v3._join, "unpositioned",
                                               position_inputs=(static_cache_v3.POSITION_INPUT,))
-    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    expected = hf_generate(model, ids, NEW_TOKENS, eos_stop(model))
     assert not torch.equal(_lowered_tokens(model, gm, ids, "unpositioned"), expected)
 
 
@@ -130,7 +117,7 @@ def test_v3_prefill_on_the_cache_prefix_equals_prefill_on_the_whole_cache(family
     model = tiny_model(family)
     ids = prompt_ids(model, 2, 13, seed=4)
     gm = lowered_graph(model, 2, 20, "static_v3")
-    prefix, whole = _cached(gm, 2, 20, model.dtype), _cached(gm, 2, 20, model.dtype, fixed_cache_shape=True)
+    prefix, whole = eager_cached(gm, 2, 20, model.dtype), eager_cached(gm, 2, 20, model.dtype, fixed_cache_shape=True)
     with torch.no_grad():
         for cache in whole.caches:
             cache.normal_()  # what a longer earlier generation may have left: must stay unseen
@@ -150,11 +137,11 @@ def test_captured_steps_match_hugging_face(family, batch_size):
     model = tiny_model(family, "cuda")
     ids = prompt_ids(model, batch_size, PROMPT_LEN)
     gm = lowered_graph(model, batch_size, PROMPT_LEN + NEW_TOKENS, "static_v3")
-    cached = _cached(gm, batch_size, PROMPT_LEN + NEW_TOKENS, model.dtype, "cuda", cuda_graphs=True)
-    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    cached = eager_cached(gm, batch_size, PROMPT_LEN + NEW_TOKENS, model.dtype, "cuda", cuda_graphs=True)
+    expected = hf_generate(model, ids, NEW_TOKENS, eos_stop(model))
     for _ in range(2):
         with torch.no_grad():
-            tokens = generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, _stop(model))
+            tokens = generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, eos_stop(model))
         assert torch.equal(tokens, expected)
     assert len(cached.model.graphs) == 2
 
@@ -168,8 +155,8 @@ def test_a_replay_on_stale_inputs_is_caught(monkeypatch):
     model = tiny_model("tiny-llama", "cuda")
     ids = prompt_ids(model, 1, PROMPT_LEN)
     gm = lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, "static_v3")
-    expected = hf_generate(model, ids, NEW_TOKENS, _stop(model))
+    expected = hf_generate(model, ids, NEW_TOKENS, eos_stop(model))
     assert len(set(expected[0, PROMPT_LEN:].tolist())) > 2  # a repeated token would hide the fault
-    cached = _cached(gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype, "cuda", cuda_graphs=True)
+    cached = eager_cached(gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype, "cuda", cuda_graphs=True)
     with torch.no_grad():
-        assert not torch.equal(generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, _stop(model)), expected)
+        assert not torch.equal(generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, eos_stop(model)), expected)

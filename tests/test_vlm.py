@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -11,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
-from generate import CachedModel, Prompt, StopRule, generate_no_cache, generate_static_cache, hf_generate
-from utils import UsageError, compile_lowered, export_llm, lower
+from conftest import ROOT, eager_cached
+from generate import Prompt, StopRule, generate_no_cache, generate_static_cache, hf_generate
+from utils import UsageError, export_llm, lower
 from vlm import MultimodalPositions, merge_image_embeddings, sample_image
 from vlm_fixtures import tiny_vlm
 
@@ -33,8 +32,7 @@ def _generate(vlm, inputs, cache, prompt=None):
         prompt = prompt or vlm.prompt(inputs, vlm.image_embeddings(inputs))
         if not cache:
             return generate_no_cache(gm, prompt, NEW_TOKENS, StopRule([257], 258))
-        step = compile_lowered(gm, argparse.Namespace(compiler="eager"), max_seq_len)
-        cached = CachedModel(step, gm, ids.shape[0], max_seq_len, torch.float32, "cpu")
+        cached = eager_cached(gm, ids.shape[0], max_seq_len, torch.float32)
         return generate_static_cache(cached, prompt, NEW_TOKENS, StopRule([257], 258))
 
 
