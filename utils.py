@@ -24,6 +24,7 @@ from presets import MODEL_CONFIGS, TINY_PRESETS, ByteTokenizer, builtin_config, 
 from fuse_projections import fuse_projections
 from generate import CachedModel
 from register_sdpa import register_sdpa
+from shared_weight_products import fold_batch_into_rows
 from static_cache_v1 import insert_static_cache_v1
 from static_cache_v2 import insert_static_cache_v2
 from static_cache_v3 import InPlaceCacheStep, insert_static_cache_v3, takes_cache_position
@@ -323,8 +324,9 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
 
 
 def lower(gm: GraphModule, cache: str, max_seq_len: int) -> GraphModule:
-    """The passes every compiler sees: canonical attention, fused projections, then the chosen static cache."""
-    gm = fuse_projections(register_sdpa(gm))
+    """The passes every compiler sees: canonical attention, fused projections, one lm_head product over the
+    batch, then the chosen static cache."""
+    gm = fold_batch_into_rows(fuse_projections(register_sdpa(gm)))
     if cache:
         gm = CACHE_PASSES[cache](gm, max_seq_len)
     return gm

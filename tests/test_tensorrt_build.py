@@ -30,12 +30,12 @@ class _BuiltEngine:
         return None
 
 
-def build_engine(family: str, cache: str) -> tuple[bytes, list]:
+def build_engine(family: str, cache: str, batch_size: int = 1) -> tuple[bytes, list]:
     """The serialized engine of a family's lowered graph, and the targets of every converted node."""
     import_torch_tensorrt()
     from compile_tensorrt import tensorrt_program
 
-    gm = lowered_graph(tiny_model(family), 1, MAX_SEQ_LEN, cache)
+    gm = lowered_graph(tiny_model(family), batch_size, MAX_SEQ_LEN, cache)
     return build_program(*tensorrt_program(gm, MAX_SEQ_LEN, "cpu"))
 
 
@@ -68,6 +68,18 @@ def test_graph_builds_an_engine_with_every_attention_converted(family, cache):
     assert len(engine) > 100_000
     attention = torch.ops.llm_tools.attention.default
     assert converted.count(attention) == tiny_model(family).config.num_hidden_layers
+
+
+@pytest.mark.parametrize("cache", ["", "static_v3"])
+def test_a_batch_builds_an_engine_with_one_lm_head_product(cache):
+    """At batch 2 the lm_head is folded into one matrix multiply (shared_weight_products.py): the engine
+    builds, and it converts as many batched products as at batch 1 (RoPE's), none for the lm_head."""
+    engine, converted = build_engine("tiny-llama", cache, batch_size=2)
+    assert len(engine) > 100_000
+    _, converted_at_batch_1 = build_engine("tiny-llama", cache)
+    bmm = torch.ops.aten.bmm.default
+    assert converted.count(bmm) == converted_at_batch_1.count(bmm)
+    assert converted.count(torch.ops.aten.mm.default) == converted_at_batch_1.count(torch.ops.aten.mm.default)
 
 
 @pytest.mark.parametrize("cache", ["", "static_v2"])
