@@ -22,6 +22,8 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     without PDL 1010 us, rewrite and PDL without tuning 1093 us. Larger models keep cuBLAS and
     inductor's defaults: the rewrite without tuning slowed Llama-3.1-8B (6.0 -> 8.1 ms per step at
     ISL 2048), and the combination is not measured there, nor at batch 8.
+    With DECODE_ATTENTION_KERNEL, the tuned step's decode attention is one Triton kernel per layer
+    (decode_attention.py) instead of the sums' three or four; off until measured against them.
 A static_v3 graph is compiled for static shapes (one graph for prefill, one for the decode step)
 and without inductor's CUDA graphs: with --cudagraph, generate.CachedModel captures each whole step
 itself (cuda_graph_step.py). The others stay dynamic in the sequence length, and --cudagraph gives
@@ -43,6 +45,7 @@ from static_cache_v3 import InPlaceCacheStep, takes_cache_position
 DECODE_ROWS = 8  # query rows per sequence in a decode step
 DECODE_KEYS = 512  # cache length up to which decode attention is written out (see the module docstring)
 SMALL_MODEL_PARAMETERS = 2_000_000_000  # up to this size, a batch-1 static_v3 step is tuned for decode (docstring)
+DECODE_ATTENTION_KERNEL = False  # the tuned step's decode attention as one Triton kernel (decode_attention.py)
 
 
 def attention_for_inductor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
@@ -62,6 +65,18 @@ def attention_for_inductor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     probs = scores.softmax(-1).unsqueeze(-1)  # [B, Hkv, G * L, S, 1]
     out = (probs * v.float().unsqueeze(2)).sum(3)  # [B, Hkv, G * L, D]
     return heads_inner(out.to(q.dtype).reshape(batch, q_heads, q_len, head_dim))
+
+
+def attention_for_small_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+                               sliding_window: int | None = None, query_positions: torch.Tensor | None = None):
+    """The tuned step's attention: decode_attention.py's kernel where the sums would run on a GPU, else the same."""
+    from decode_attention import decode_attention, fits
+
+    q_len, kv_len = q.shape[2], k.shape[2]
+    if (causal and query_positions is not None and q.is_cuda and isinstance(q_len, int) and isinstance(kv_len, int)
+            and q_len <= DECODE_ROWS and kv_len <= DECODE_KEYS and fits(q, k, v)):
+        return decode_attention(q, k, v, scale, sliding_window, query_positions)
+    return attention_for_inductor(q, k, v, scale, causal, sliding_window, query_positions)
 
 
 def product_as_sums(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,10 +110,10 @@ def write_out_one_row_products(gm: GraphModule) -> GraphModule:
     return gm
 
 
-def open_attention(gm: GraphModule) -> GraphModule:
+def open_attention(gm: GraphModule, implementation: Callable = attention_for_inductor) -> GraphModule:
     """Call the canonical node's plain PyTorch form directly, so that the compiler sees its ops."""
     for node in attention_nodes(gm):
-        node.target = attention_for_inductor
+        node.target = implementation
     for node in list(gm.graph.nodes):
         if node.op == "call_function" and node.target == torch.ops.aten.sym_size.int:
             with gm.graph.inserting_before(node):
@@ -128,10 +143,11 @@ def small_decode_options() -> dict:
 
 def compile_with_inductor(gm: GraphModule, args: argparse.Namespace) -> Callable:
     in_place = takes_cache_position(gm)
-    gm = open_attention(gm)
+    tuned = in_place and tuned_for_small_decode(gm, args)
+    gm = open_attention(gm, attention_for_small_decode if tuned and DECODE_ATTENTION_KERNEL else attention_for_inductor)
     if in_place:
         options = None
-        if tuned_for_small_decode(gm, args):
+        if tuned:
             gm, options = write_out_one_row_products(gm), small_decode_options()
         return torch.compile(InPlaceCacheStep(gm), dynamic=False, options=options)
     return torch.compile(gm, dynamic=True, mode="reduce-overhead" if args.cudagraph else None)

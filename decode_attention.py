@@ -1,0 +1,88 @@
+"""Decode attention over a static cache as one Triton kernel: the canonical node's math for a few query rows.
+
+Written as sums of products (compile_inductor.py), a decode step's attention becomes three or four
+inductor kernels per layer (scores, the softmax's max and sum, the weighted sum of V, a layout copy).
+Here one program per query row (batch, query head, row) streams its K/V head's keys up to the row's
+position in blocks and keeps a running softmax (the maximum, the sum and the weighted sum of V,
+rescaled as the maximum grows), so a layer's attention is one launch and keys past the position are
+not read. Math in float32, the result in the input's dtype, as in the sums.
+
+TorchDynamo traces the call of the kernel, so inductor launches it inside the compiled step and a
+captured CUDA graph replays it with the rest. Tested against the canonical node's reference on the
+CPU with Triton's interpreter (TRITON_INTERPRET=1).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+KEYS_PER_BLOCK = 128
+WARPS = 8
+
+
+@triton.jit
+def _decode_attention_kernel(q, k, v, positions, out, scale, window, q_heads, q_len, groups,
+                             q_batch_stride, q_head_stride, q_row_stride,
+                             k_batch_stride, k_head_stride, k_key_stride,
+                             v_batch_stride, v_head_stride, v_key_stride,
+                             out_batch_stride, out_head_stride, out_row_stride,
+                             HEAD_DIM: tl.constexpr, KEYS: tl.constexpr, WINDOWED: tl.constexpr):
+    program = tl.program_id(0)
+    row = program % q_len
+    head = (program // q_len) % q_heads
+    batch = program // (q_len * q_heads)
+    kv_head = head // groups
+    dims = tl.arange(0, HEAD_DIM)
+    query = tl.load(q + batch * q_batch_stride + head * q_head_stride + row * q_row_stride + dims).to(tl.float32)
+    position = tl.load(positions + row)
+    k_head = k + batch * k_batch_stride + kv_head * k_head_stride
+    v_head = v + batch * v_batch_stride + kv_head * v_head_stride
+
+    running_max = tl.full([1], float("-inf"), tl.float32)  # [1]: the loop keeps one shape for its carried values
+    running_sum = tl.zeros([1], tl.float32)
+    weighted = tl.zeros([HEAD_DIM], tl.float32)
+    for start in range(0, position + 1, KEYS):  # a query sees keys 0..position (causal)
+        keys = start + tl.arange(0, KEYS)
+        visible = keys <= position
+        if WINDOWED:
+            visible = visible & (keys > position - window)
+        key_block = tl.load(k_head + keys[:, None] * k_key_stride + dims[None, :], mask=visible[:, None], other=0.0)
+        scores = tl.sum(key_block.to(tl.float32) * query[None, :], axis=1) * scale
+        scores = tl.where(visible, scores, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(scores, axis=0))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a block with no visible key yet: no NaN
+        probs = tl.exp(scores - shift)
+        rescale = tl.exp(running_max - shift)
+        value_block = tl.load(v_head + keys[:, None] * v_key_stride + dims[None, :], mask=visible[:, None], other=0.0)
+        weighted = weighted * rescale + tl.sum(probs[:, None] * value_block.to(tl.float32), axis=0)
+        running_sum = running_sum * rescale + tl.sum(probs, axis=0)
+        running_max = new_max
+    result = weighted / running_sum  # the query's own key is always visible: the sum is positive
+    tl.store(out + batch * out_batch_stride + head * out_head_stride + row * out_row_stride + dims,
+             result.to(out.dtype.element_ty))
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                     sliding_window: int | None, query_positions: torch.Tensor) -> torch.Tensor:
+    """Causal attention of q [B, Hq, L, D] at cache positions query_positions [L] over caches k, v [B, Hkv, S, D].
+
+    Returns [B, Hq, L, D] stored as [B, L, Hq, D] (register_sdpa.heads_inner's layout). D must be a
+    power of two; the last dimension of q, k and v must be contiguous.
+    """
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads = k.shape[1]
+    out = torch.empty(batch, q_len, q_heads, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
+    _decode_attention_kernel[(batch * q_heads * q_len,)](
+        q, k, v, query_positions, out, scale, sliding_window or 0, q_heads, q_len, q_heads // kv_heads,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        HEAD_DIM=head_dim, KEYS=KEYS_PER_BLOCK, WINDOWED=sliding_window is not None, num_warps=WARPS)
+    return out
+
+
+def fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether decode_attention takes these inputs (a power-of-two head size, rows contiguous in the last dim)."""
+    head_dim = q.shape[-1]
+    return (head_dim & (head_dim - 1) == 0 and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1)

@@ -1,0 +1,117 @@
+"""decode_attention.py's Triton kernel against the canonical node's reference: on the CPU through Triton's
+interpreter, and on a GPU inside the tuned inductor step against Hugging Face's generate."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+
+import compile_inductor
+from conftest import lowered_graph, prompt_ids, tiny_model
+from generate import CachedModel, Prompt, StopRule, generate_static_cache, hf_generate
+from register_sdpa import attention_reference
+
+
+def _interpreted(calls: dict) -> dict:
+    """decode_attention(*args) for each name -> args, its kernel run by Triton's interpreter on the CPU."""
+    with tempfile.TemporaryDirectory() as folder:
+        calls_path, outputs_path = os.path.join(folder, "calls.pt"), os.path.join(folder, "outputs.pt")
+        torch.save(calls, calls_path)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interpret_decode_attention.py")
+        result = subprocess.run([sys.executable, script, calls_path, outputs_path], capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr
+        return torch.load(outputs_path)
+
+
+def _inputs(q_heads, kv_heads, q_len, kv_len, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, q_len, q_heads, 16, generator=generator).to(dtype).transpose(1, 2)  # as the graph has it
+    k, v = (torch.randn(2, kv_heads, kv_len, 16, generator=generator).to(dtype) for _ in range(2))
+    return q, k, v
+
+
+CASES = {
+    "decode at position 9 of a 40-slot cache, GQA 7:1": dict(heads=(14, 2), positions=[9], kv_len=40),
+    "decode past the first block of keys": dict(heads=(4, 2), positions=[300], kv_len=320),
+    "three queries mid-cache": dict(heads=(4, 4), positions=[130, 131, 132], kv_len=200),
+    "a window of 5": dict(heads=(6, 2), positions=[30], kv_len=40, window=5),
+    "a window that leaves the first block empty": dict(heads=(6, 2), positions=[200, 201], kv_len=256, window=16),
+}
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+NAN_PAST_140 = "NaN in the cache past position 140"
+UNMASKED = "a query at 9 given the cache's last position"
+
+
+def _calls() -> dict:
+    calls = {}
+    for case_id, case in CASES.items():
+        for dtype_id, dtype in DTYPES.items():
+            q, k, v = _inputs(*case["heads"], len(case["positions"]), case["kv_len"], dtype)
+            calls[case_id, dtype_id] = (q, k, v, 0.3, case.get("window"), torch.tensor(case["positions"]))
+    q, k, v = _inputs(4, 2, 1, 300, torch.float32)
+    k, v = k.clone(), v.clone()
+    k[:, :, 141:], v[:, :, 141:] = float("nan"), float("nan")
+    calls[NAN_PAST_140] = (q, k, v, 0.3, None, torch.tensor([140]))
+    calls[UNMASKED] = (*_inputs(14, 2, 1, 40, torch.float32), 0.3, None, torch.tensor([39]))
+    return calls
+
+
+@pytest.fixture(scope="module")
+def kernel_outputs() -> dict:
+    return _interpreted(_calls())  # one interpreter process for every call below
+
+
+@pytest.mark.parametrize("dtype_id", DTYPES)
+@pytest.mark.parametrize("case_id", CASES)
+def test_the_kernel_equals_the_reference(kernel_outputs, case_id, dtype_id):
+    case, dtype = CASES[case_id], DTYPES[dtype_id]
+    q, k, v = _inputs(*case["heads"], len(case["positions"]), case["kv_len"], dtype)
+    positions = torch.tensor(case["positions"])
+    out = kernel_outputs[case_id, dtype_id]
+    assert out.dtype == dtype and out.shape == q.shape and out.transpose(1, 2).is_contiguous()
+    expected = attention_reference(q.float(), k.float(), v.float(), 0.3, True, case.get("window"), positions)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_keys_past_the_position_are_not_read(kernel_outputs):
+    q, k, v = _inputs(4, 2, 1, 300, torch.float32)  # the same cache without the NaN
+    expected = attention_reference(q, k, v, 0.3, True, None, torch.tensor([140]))
+    torch.testing.assert_close(kernel_outputs[NAN_PAST_140], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_query_that_sees_the_whole_cache_is_caught(kernel_outputs):
+    """The comparison can fail: the kernel given the cache's last position for a query at 9 sees 30 keys too many."""
+    q, k, v = _inputs(14, 2, 1, 40, torch.float32)
+    expected = attention_reference(q, k, v, 0.3, True, None, torch.tensor([9]))
+    assert not torch.allclose(kernel_outputs[UNMASKED], expected, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-gemma3"])  # Gemma 3: sliding-window layers
+def test_the_tuned_step_with_the_kernel_matches_hugging_face(family, monkeypatch):
+    import decode_attention
+
+    monkeypatch.setattr(compile_inductor, "DECODE_ATTENTION_KERNEL", True)
+    launches = []
+    kernel = decode_attention.decode_attention
+    monkeypatch.setattr(decode_attention, "decode_attention", lambda *args: launches.append(1) or kernel(*args))
+    model, prompt_len, new_tokens = tiny_model(family, "cuda"), 10, 20
+    gm = lowered_graph(model, 1, prompt_len + new_tokens, "static_v3")
+    step = compile_inductor.compile_with_inductor(gm, argparse.Namespace(batch_size=1, cudagraph=True))
+    cached = CachedModel(step, gm, 1, prompt_len + new_tokens, model.dtype, "cuda", cuda_graphs=True)
+    ids = prompt_ids(model, 1, prompt_len)
+    stop = StopRule([], 0, stop_on_eos=False)
+    with torch.no_grad():
+        tokens = generate_static_cache(cached, Prompt.text(ids), new_tokens, stop)
+    assert torch.equal(tokens, hf_generate(model, ids, new_tokens, stop))
+    assert len(launches) >= model.config.num_hidden_layers  # traced into the decode step, once per layer
