@@ -48,14 +48,19 @@ SMALL_MODEL_PARAMETERS = 2_000_000_000  # up to this size, a batch-1 static_v3 s
 DECODE_ATTENTION_KERNEL = False  # the tuned step's decode attention as one Triton kernel (decode_attention.py)
 
 
+def _short_decode(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """A decode step over a short cache, traced for static shapes (not a v1/v2 graph's dynamic length)."""
+    q_len, kv_len = q.shape[2], k.shape[2]
+    return isinstance(q_len, int) and isinstance(kv_len, int) and q_len <= DECODE_ROWS and kv_len <= DECODE_KEYS
+
+
 def attention_for_inductor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                            sliding_window: int | None = None, query_positions: torch.Tensor | None = None):
     """The canonical node in plain PyTorch: sums of products for a short decode step, else sdpa."""
+    if not _short_decode(q, k):
+        return attention_reference(q, k, v, scale, causal, sliding_window, query_positions)
     batch, q_heads, q_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
-    traced_static = isinstance(q_len, int) and isinstance(kv_len, int)  # not a v1/v2 graph's dynamic length
-    if not traced_static or q_len > DECODE_ROWS or kv_len > DECODE_KEYS:
-        return attention_reference(q, k, v, scale, causal, sliding_window, query_positions)
     groups = q_heads // kv_heads
     rows = q.reshape(batch, kv_heads, groups * q_len, 1, head_dim).float()  # row g * L + l: query head h * G + g
     scores = (rows * k.float().unsqueeze(2)).sum(-1) * scale  # [B, Hkv, G * L, S]
@@ -69,12 +74,11 @@ def attention_for_inductor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
 
 def attention_for_small_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                                sliding_window: int | None = None, query_positions: torch.Tensor | None = None):
-    """The tuned step's attention: decode_attention.py's kernel where the sums would run on a GPU, else the same."""
+    """The tuned step's attention: decode_attention.py's kernel for a causal short decode step on a GPU, else
+    attention_for_inductor."""
     from decode_attention import decode_attention, fits
 
-    q_len, kv_len = q.shape[2], k.shape[2]
-    if (causal and query_positions is not None and q.is_cuda and isinstance(q_len, int) and isinstance(kv_len, int)
-            and q_len <= DECODE_ROWS and kv_len <= DECODE_KEYS and fits(q, k, v)):
+    if causal and query_positions is not None and q.is_cuda and _short_decode(q, k) and fits(q, k, v):
         return decode_attention(q, k, v, scale, sliding_window, query_positions)
     return attention_for_inductor(q, k, v, scale, causal, sliding_window, query_positions)
 

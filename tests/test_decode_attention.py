@@ -96,6 +96,13 @@ def test_a_query_that_sees_the_whole_cache_is_caught(kernel_outputs):
     assert not torch.allclose(kernel_outputs[UNMASKED], expected, atol=1e-3)
 
 
+def test_off_the_gpu_the_tuned_attention_is_the_sums():
+    q, k, v = _inputs(14, 2, 1, 40, torch.float32)
+    args = (q, k, v, 0.3, True, None, torch.tensor([9]))
+    torch.testing.assert_close(compile_inductor.attention_for_small_decode(*args),
+                               compile_inductor.attention_for_inductor(*args), atol=0, rtol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-gemma3"])  # Gemma 3: sliding-window layers
 def test_the_tuned_step_with_the_kernel_matches_hugging_face(family, monkeypatch):
