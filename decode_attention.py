@@ -49,13 +49,14 @@ def _decode_attention_kernel(q, k, v, positions, out, scale, window, q_heads, q_
         if WINDOWED:
             visible = visible & (keys > position - window)
         key_block = tl.load(k_head + keys[:, None] * k_key_stride + dims[None, :], mask=visible[:, None], other=0.0)
+        # V's block is loaded before the scores need K's: both reads are in flight at once
+        value_block = tl.load(v_head + keys[:, None] * v_key_stride + dims[None, :], mask=visible[:, None], other=0.0)
         scores = tl.sum(key_block.to(tl.float32) * query[None, :], axis=1) * scale
         scores = tl.where(visible, scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, axis=0))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a block with no visible key yet: no NaN
         probs = tl.exp(scores - shift)
         rescale = tl.exp(running_max - shift)
-        value_block = tl.load(v_head + keys[:, None] * v_key_stride + dims[None, :], mask=visible[:, None], other=0.0)
         weighted = weighted * rescale + tl.sum(probs[:, None] * value_block.to(tl.float32), axis=0)
         running_sum = running_sum * rescale + tl.sum(probs, axis=0)
         running_max = new_max
