@@ -23,7 +23,7 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     inductor's defaults: the rewrite without tuning slowed Llama-3.1-8B (6.0 -> 8.1 ms per step at
     ISL 2048), and the combination is not measured there, nor at batch 8.
     With DECODE_ATTENTION_KERNEL, the tuned step's decode attention is one Triton kernel per layer
-    (decode_attention.py) instead of the sums' three or four; off until measured against them.
+    (decode_attention.py) instead of the sums' three; off until measured against them.
 A static_v3 graph is compiled for static shapes (one graph for prefill, one for the decode step)
 and without inductor's CUDA graphs: with --cudagraph, generate.CachedModel captures each whole step
 itself (cuda_graph_step.py). The others stay dynamic in the sequence length, and --cudagraph gives
