@@ -96,6 +96,25 @@ def test_a_query_that_sees_the_whole_cache_is_caught(kernel_outputs):
     assert not torch.allclose(kernel_outputs[UNMASKED], expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype, windowed", [("fp16", False), ("fp16", True), ("fp32", False)])
+def test_the_kernel_compiles_for_hopper(dtype, windowed):
+    """Through Triton's whole compiler (TTIR to a cubin, ptxas included) for compute capability 9.0, no GPU needed."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    import decode_attention
+
+    kernel = decode_attention._decode_attention_kernel
+    signature = {name: "i32" for name in kernel.arg_names}
+    signature.update({name: f"*{dtype}" for name in ("q", "k", "v", "out")})
+    signature.update(positions="*i64", scale="fp32", HEAD_DIM="constexpr", KEYS="constexpr", WINDOWED="constexpr")
+    source = ASTSource(kernel, signature, constexprs={"HEAD_DIM": 64, "KEYS": decode_attention.KEYS_PER_BLOCK,
+                                                      "WINDOWED": windowed})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": decode_attention.WARPS})
+    assert len(compiled.asm["cubin"]) > 10_000
+
+
 def test_off_the_gpu_the_tuned_attention_is_the_sums():
     q, k, v = _inputs(14, 2, 1, 40, torch.float32)
     args = (q, k, v, 0.3, True, None, torch.tensor([9]))
