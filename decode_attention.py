@@ -35,23 +35,25 @@ def _decode_attention_kernel(q, k, v, positions, out, scale, window, q_heads, q_
     batch = program // (q_len * q_heads)
     kv_head = head // groups
     dims = tl.arange(0, HEAD_DIM)
-    query = tl.load(q + batch * q_batch_stride + head * q_head_stride + row * q_row_stride + dims).to(tl.float32)
+    query = tl.load(q + batch * q_batch_stride + head * q_head_stride + row * q_row_stride + dims).to(tl.float32)  # [D]
     position = tl.load(positions + row)
     k_head = k + batch * k_batch_stride + kv_head * k_head_stride
     v_head = v + batch * v_batch_stride + kv_head * v_head_stride
 
     running_max = tl.full([1], float("-inf"), tl.float32)  # [1]: the loop keeps one shape for its carried values
     running_sum = tl.zeros([1], tl.float32)
-    weighted = tl.zeros([HEAD_DIM], tl.float32)
+    weighted = tl.zeros([HEAD_DIM], tl.float32)  # sum over keys of exp(score - running_max) * V, [D]
     for start in range(0, position + 1, KEYS):  # a query sees keys 0..position (causal)
         keys = start + tl.arange(0, KEYS)
         visible = keys <= position
         if WINDOWED:
             visible = visible & (keys > position - window)
-        key_block = tl.load(k_head + keys[:, None] * k_key_stride + dims[None, :], mask=visible[:, None], other=0.0)
+        key_block = tl.load(k_head + keys[:, None] * k_key_stride + dims[None, :], mask=visible[:, None],
+                            other=0.0)  # [KEYS, D]
         # V's block is loaded before the scores need K's: both reads are in flight at once
-        value_block = tl.load(v_head + keys[:, None] * v_key_stride + dims[None, :], mask=visible[:, None], other=0.0)
-        scores = tl.sum(key_block.to(tl.float32) * query[None, :], axis=1) * scale
+        value_block = tl.load(v_head + keys[:, None] * v_key_stride + dims[None, :], mask=visible[:, None],
+                              other=0.0)  # [KEYS, D]
+        scores = tl.sum(key_block.to(tl.float32) * query[None, :], axis=1) * scale  # [KEYS]
         scores = tl.where(visible, scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, axis=0))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a block with no visible key yet: no NaN

@@ -54,11 +54,11 @@ def fold_batch_into_rows(gm: GraphModule) -> GraphModule:
         batch, m, k = rows_value.shape
         n = weight.meta["val"].shape[1]
         with graph.inserting_before(node), detect_fake_mode([rows_value]) or nullcontext():
-            flat_value = rows_value.reshape(batch * m, k)
+            flat_value = rows_value.reshape(batch * m, k)  # [B*M, K]
             flat = _with_value(graph.call_function(aten.reshape.default, (rows, [batch * m, k])), flat_value)
             product_value = flat_value @ weight.meta["val"]
-            product = _with_value(graph.call_function(aten.mm.default, (flat, weight)), product_value)
-            out = graph.call_function(aten.reshape.default, (product, [batch, m, n]))
+            product = _with_value(graph.call_function(aten.mm.default, (flat, weight)), product_value)  # [B*M, N]
+            out = graph.call_function(aten.reshape.default, (product, [batch, m, n]))  # [B, M, N], as the bmm gave
             _with_value(out, product_value.reshape(batch, m, n))
         node.replace_all_uses_with(out)
         graph.erase_node(node)
