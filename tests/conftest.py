@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -49,6 +50,23 @@ def prompt_ids(model, batch_size: int, length: int, seed: int = 0) -> torch.Tens
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 256, (batch_size, length), generator=generator)
     return ids.to(next(model.parameters()).device)
+
+
+def assert_last_logits_match(model, gm, batch_size: int, length: int, seed: int = 0) -> None:
+    """The graph's logits at the last position equal the Hugging Face model's, over random prompt rows."""
+    ids = prompt_ids(model, batch_size, length, seed)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits[:, -1:]
+        actual = gm(ids, torch.arange(length).expand(batch_size, -1))[0]
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def script_module(*path: str):
+    """A script of the project (a benchmark, an example) imported as a module, by its path under ROOT."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(path[-1])[0], os.path.join(ROOT, *path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def eager_cached(gm, batch_size: int, max_seq_len: int, dtype, device="cpu", **options) -> CachedModel:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, script_module
 
 
 def run_llm(*flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -135,13 +135,9 @@ def test_profile_step_needs_a_gpu():
 
 
 def test_profile_step_sets_inductor_options(monkeypatch):
-    import importlib.util
-
     import torch._inductor.config as config
 
-    spec = importlib.util.spec_from_file_location("profile_step", os.path.join(ROOT, "benchmarks", "profile_step.py"))
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
+    profile = script_module("benchmarks", "profile_step.py")
     monkeypatch.setattr(config, "combo_kernels", False)
     monkeypatch.setattr(config.triton, "unique_kernel_names", False)
     profile.set_inductor_options(["combo_kernels=True", "triton.unique_kernel_names=True"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fuse_projections
-from conftest import tiny_model
+from conftest import assert_last_logits_match, tiny_model
 from register_sdpa import register_sdpa
 from utils import export_llm
 
@@ -15,14 +15,6 @@ aten = torch.ops.aten
 
 def _matmuls(gm) -> int:
     return sum(n.op == "call_function" and n.target in (aten.mm.default, aten.addmm.default) for n in gm.graph.nodes)
-
-
-def _check_against_model(model, gm):
-    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = model(input_ids=ids).logits[:, -1:]
-        actual = gm(ids, torch.arange(12).expand(2, -1))[0]
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"])
@@ -38,7 +30,7 @@ def test_projections_fuse_and_logits_match(family):
     q_bytes = layer.self_attn.q_proj.weight.nbytes
     # k's rows follow q's inside one fused weight: views, not copies
     assert any(layer.self_attn.k_proj.weight.data_ptr() == p.data_ptr() + q_bytes for p in fused)
-    _check_against_model(model, gm)
+    assert_last_logits_match(model, gm, 2, 12, seed=1)
 
 
 def test_misplaced_rows_are_caught(monkeypatch):
@@ -56,4 +48,4 @@ def test_misplaced_rows_are_caught(monkeypatch):
     gm = fuse_projections.fuse_projections(gm)
     monkeypatch.undo()
     with pytest.raises(AssertionError):
-        _check_against_model(model, gm)
+        assert_last_logits_match(model, gm, 2, 12, seed=1)

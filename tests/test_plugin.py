@@ -4,7 +4,6 @@ that run before any weights load, and the converter's wiring (on a TensorRT with
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import torch
 
 import plugin_attention
 import plugin_utils
-from conftest import ROOT, prompt_ids, tiny_model
+from conftest import ROOT, prompt_ids, script_module, tiny_model
 from generate import StopRule, hf_generate
 from plugin_model import PluginCausalLM, allocate_plugin_caches, generate_plugin
 from utils import UsageError, load_config
@@ -24,10 +23,7 @@ EXAMPLES = os.path.join(ROOT, "examples", "dynamo")
 
 
 def _example(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("examples", "dynamo", f"{name}.py")
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,17 +9,10 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, script_module
 
 GRID = ["--models", "tiny-llama", "--shapes", "8/4", "--iterations", "1", "--precision", "FP32", "--no-cudagraph",
         "--baselines", "hf_dynamic"]
-
-
-def _run_grid_module():
-    spec = importlib.util.spec_from_file_location("run_grid", os.path.join(ROOT, "benchmarks", "run_grid.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def test_each_backend_is_a_row_with_the_command_that_made_it(grid):
 
 @pytest.mark.slow
 def test_resume_runs_only_what_another_command_measured(grid, monkeypatch, capsys):
-    run_grid = _run_grid_module()
+    run_grid = script_module("benchmarks", "run_grid.py")
     runs = []
     monkeypatch.setattr(run_grid, "run_configuration", lambda command, *_: runs.append(command) or "failed: not run")
     monkeypatch.setattr(sys, "argv", ["run_grid.py", "--out", str(grid), *GRID, "--resume"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import FAMILIES, prompt_ids, tiny_model
+from conftest import FAMILIES, assert_last_logits_match, tiny_model
 from fuse_projections import fuse_projections
 from register_sdpa import register_sdpa
 from shared_weight_products import fold_batch_into_rows
@@ -22,14 +22,6 @@ def _lm_heads_read_per_batch_item(gm, vocab_size: int) -> list:
             and node.meta["val"].shape[-1] == vocab_size and node.args[1].meta["val"].stride(0) == 0]
 
 
-def _check_against_model(model, gm):
-    ids = prompt_ids(model, BATCH, LENGTH)
-    with torch.no_grad():
-        expected = model(input_ids=ids).logits[:, -1:]
-        actual = gm(ids, torch.arange(LENGTH).expand(BATCH, -1))[0]
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
-
-
 def _exported(family):
     model = tiny_model(family)
     return model, fuse_projections(register_sdpa(export_llm(model, BATCH, 32)))
@@ -42,7 +34,7 @@ def test_the_lm_head_reads_its_weight_once_and_logits_match(family):
     assert _lm_heads_read_per_batch_item(gm, vocab_size), "the exported lm_head is expected to be a bmm"
     gm = fold_batch_into_rows(gm)
     assert _lm_heads_read_per_batch_item(gm, vocab_size) == []
-    _check_against_model(model, gm)
+    assert_last_logits_match(model, gm, BATCH, LENGTH)
 
 
 def test_a_fold_that_mixes_up_the_batch_rows_is_caught():
@@ -56,4 +48,4 @@ def test_a_fold_that_mixes_up_the_batch_rows_is_caught():
     product.args = (flipped, product.args[1])
     gm.recompile()
     with pytest.raises(AssertionError):
-        _check_against_model(model, gm)
+        assert_last_logits_match(model, gm, BATCH, LENGTH)
