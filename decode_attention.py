@@ -36,6 +36,9 @@ def _decode_attention_kernel(q, k, v, positions, out, scale, window, q_heads, q_
     kv_head = head // groups
     dims = tl.arange(0, HEAD_DIM)
     query = tl.load(q + batch * q_batch_stride + head * q_head_stride + row * q_row_stride + dims).to(tl.float32)  # [D]
+    # the scale applied once to the query, back to float32: inside a compiled step inductor passes scale as fp64,
+    # which would turn the scores and the loop's carried values into fp64
+    query = (query * scale).to(tl.float32)
     position = tl.load(positions + row)
     k_head = k + batch * k_batch_stride + kv_head * k_head_stride
     v_head = v + batch * v_batch_stride + kv_head * v_head_stride
@@ -53,7 +56,7 @@ def _decode_attention_kernel(q, k, v, positions, out, scale, window, q_heads, q_
         # V's block is loaded before the scores need K's: both reads are in flight at once
         value_block = tl.load(v_head + keys[:, None] * v_key_stride + dims[None, :], mask=visible[:, None],
                               other=0.0)  # [KEYS, D]
-        scores = tl.sum(key_block.to(tl.float32) * query[None, :], axis=1) * scale  # [KEYS]
+        scores = tl.sum(key_block.to(tl.float32) * query[None, :], axis=1)  # [KEYS]
         scores = tl.where(visible, scores, float("-inf"))
         new_max = tl.maximum(running_max, tl.max(scores, axis=0))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a block with no visible key yet: no NaN
