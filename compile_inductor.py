@@ -22,8 +22,10 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     without PDL 1010 us, rewrite and PDL without tuning 1093 us. Larger models keep cuBLAS and
     inductor's defaults: the rewrite without tuning slowed Llama-3.1-8B (6.0 -> 8.1 ms per step at
     ISL 2048), and the combination is not measured there, nor at batch 8.
-    With DECODE_ATTENTION_KERNEL, the tuned step's decode attention is one Triton kernel per layer
-    (decode_attention.py) instead of the sums' three; off until measured against them.
+    In that tuned step, decode attention is one Triton kernel per layer (decode_attention.py) rather
+    than the sums' three: Qwen2.5-0.5B 989 -> 801 us per step in the generation loop (one process per
+    column, one machine, benchmarks/profile_step.py against its --attention_sums). DECODE_ATTENTION_KERNEL
+    turns it off.
 A static_v3 graph is compiled for static shapes (one graph for prefill, one for the decode step)
 and without inductor's CUDA graphs: with --cudagraph, generate.CachedModel captures each whole step
 itself (cuda_graph_step.py). The others stay dynamic in the sequence length, and --cudagraph gives
@@ -45,7 +47,7 @@ from static_cache_v3 import InPlaceCacheStep, takes_cache_position
 DECODE_ROWS = 8  # query rows per sequence in a decode step
 DECODE_KEYS = 512  # cache length up to which decode attention is written out (see the module docstring)
 SMALL_MODEL_PARAMETERS = 2_000_000_000  # up to this size, a batch-1 static_v3 step is tuned for decode (docstring)
-DECODE_ATTENTION_KERNEL = False  # the tuned step's decode attention as one Triton kernel (decode_attention.py)
+DECODE_ATTENTION_KERNEL = True  # the tuned step's decode attention as decode_attention.py's kernel (docstring)
 
 
 def _short_decode(q: torch.Tensor, k: torch.Tensor) -> bool:

@@ -18,8 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-KEYS_PER_BLOCK = 128
-WARPS = 8
+# Measured on the H200 (Qwen2.5-0.5B decode step, cache of 256: 14 programs per layer): 128 keys and 8 warps
+# 830 us per step, 256 and 8 812 us, 256 and 16 801 us (128 registers, no spills).
+KEYS_PER_BLOCK = 256
+WARPS = 16
 
 
 @triton.jit

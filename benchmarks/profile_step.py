@@ -7,7 +7,8 @@ Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever
 `--inductor_config name=value ...` to try inductor options (e.g. combo_kernels=True,
 coordinate_descent_tuning=True) before making one of them compile_inductor.py's default, and
 `--plain_inductor` to compile without its small-model decode tuning (the comparison for it), and
-`--decode_attention_kernel` to give that tuned step decode_attention.py's Triton kernel. Prints
+`--attention_sums` to give that tuned step's decode attention as inductor's sums of products instead
+of decode_attention.py's Triton kernel (the comparison for the kernel). Prints
 the decode step's time in the generation loop (host included: run_llm.py's TPOT, median over
 --iterations), the captured step replayed back to back (the GPU alone: the gap between the two is
 host time), the step's kernel count and summed kernel time (the gap to the replay time is the GPU
@@ -82,8 +83,8 @@ def main(args) -> None:
     set_inductor_options(args.inductor_config)
     if args.plain_inductor:
         compile_inductor.SMALL_MODEL_PARAMETERS = 0  # no model is small enough: inductor's defaults, cuBLAS
-    if args.decode_attention_kernel:
-        compile_inductor.DECODE_ATTENTION_KERNEL = True
+    if args.attention_sums:
+        compile_inductor.DECODE_ATTENTION_KERNEL = False
     if args.compiler == "tensorrt" or args.backend == "plugin":
         raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
     config = load_config(args)
@@ -114,7 +115,7 @@ def main(args) -> None:
                if name not in kernels and calls >= decode_steps}
 
     flags = [flag for flag, on in (("--plain_inductor", args.plain_inductor),
-                                   ("--decode_attention_kernel", args.decode_attention_kernel)) if on]
+                                   ("--attention_sums", args.attention_sums)) if on]
     options = " ".join(args.inductor_config + flags)
     print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
@@ -136,6 +137,7 @@ if __name__ == "__main__":
                         help="torch._inductor.config options for this run, e.g. combo_kernels=True")
     parser.add_argument("--plain_inductor", action="store_true",
                         help="compile without compile_inductor.py's small-model decode tuning, to compare with it")
-    parser.add_argument("--decode_attention_kernel", action="store_true",
-                        help="the tuned step's decode attention as decode_attention.py's Triton kernel")
+    parser.add_argument("--attention_sums", action="store_true",
+                        help="the tuned step's decode attention as inductor's sums, not decode_attention.py's "
+                             "kernel, to compare with it")
     run_main(main, parser)
