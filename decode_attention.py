@@ -18,10 +18,18 @@ import torch
 import triton
 import triton.language as tl
 
-# Measured on the H200 (Qwen2.5-0.5B decode step, cache of 256: 14 programs per layer): 128 keys and 8 warps
-# 830 us per step, 256 and 8 812 us, 256 and 16 801 us (128 registers, no spills).
+# Measured on the H200 (Qwen2.5-0.5B, head size 64, decode step over a cache of 256: 14 programs per layer):
+# 128 keys per block and 8 warps 830 us per step, 256 and 8 812 us, 256 and 16 801 us.
 KEYS_PER_BLOCK = 256
 WARPS = 16
+# A block of K or V is keys times head size elements in registers; at 256 x 64, 16 warps hold it without
+# spilling (ptxas for sm_90: 128 registers). A fixed 256 keys spilled at head size 128 and 256 (Qwen3, Gemma 3).
+BLOCK_ELEMENTS = KEYS_PER_BLOCK * 64
+
+
+def keys_per_block(head_dim: int) -> int:
+    """Keys per block for a head size: larger heads get fewer keys, so that a block stays in registers."""
+    return min(KEYS_PER_BLOCK, BLOCK_ELEMENTS // head_dim)
 
 
 @triton.jit
@@ -86,7 +94,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         q, k, v, query_positions, out, scale, sliding_window or 0, q_heads, q_len, q_heads // kv_heads,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        HEAD_DIM=head_dim, KEYS=KEYS_PER_BLOCK, WINDOWED=sliding_window is not None, num_warps=WARPS)
+        HEAD_DIM=head_dim, KEYS=keys_per_block(head_dim), WINDOWED=sliding_window is not None, num_warps=WARPS)
     return out
 
 

@@ -15,7 +15,7 @@ import torch
 
 import compile_inductor
 from conftest import lowered_graph, prompt_ids, tiny_model
-from decode_attention import KEYS_PER_BLOCK
+from decode_attention import keys_per_block
 from generate import CachedModel, Prompt, StopRule, generate_static_cache, hf_generate
 from register_sdpa import attention_reference
 
@@ -32,20 +32,24 @@ def _interpreted(calls: dict) -> dict:
         return torch.load(outputs_path)
 
 
+HEAD_DIM = 16
+FIRST_BLOCK = keys_per_block(HEAD_DIM)  # keys the kernel reads per block at this head size
+
+
 def _inputs(q_heads, kv_heads, q_len, kv_len, dtype, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    q = torch.randn(2, q_len, q_heads, 16, generator=generator).to(dtype).transpose(1, 2)  # as the graph has it
-    k, v = (torch.randn(2, kv_heads, kv_len, 16, generator=generator).to(dtype) for _ in range(2))
+    q = torch.randn(2, q_len, q_heads, HEAD_DIM, generator=generator).to(dtype).transpose(1, 2)  # as the graph has it
+    k, v = (torch.randn(2, kv_heads, kv_len, HEAD_DIM, generator=generator).to(dtype) for _ in range(2))
     return q, k, v
 
 
 CASES = {
     "decode at position 9 of a 40-slot cache, GQA 7:1": dict(heads=(14, 2), positions=[9], kv_len=40),
-    "decode past the first block of keys": dict(heads=(4, 2), positions=[300], kv_len=320),
+    "decode past the first block of keys": dict(heads=(4, 2), positions=[FIRST_BLOCK + 44], kv_len=FIRST_BLOCK + 64),
     "three queries mid-cache": dict(heads=(4, 4), positions=[130, 131, 132], kv_len=200),
     "a window of 5": dict(heads=(6, 2), positions=[30], kv_len=40, window=5),
-    "a window that leaves the first block empty": dict(heads=(6, 2), window=16, kv_len=KEYS_PER_BLOCK + 64,
-                                                       positions=[KEYS_PER_BLOCK + 40, KEYS_PER_BLOCK + 41]),
+    "a window that leaves the first block empty": dict(heads=(6, 2), window=16, kv_len=FIRST_BLOCK + 64,
+                                                       positions=[FIRST_BLOCK + 40, FIRST_BLOCK + 41]),
 }
 
 
@@ -99,10 +103,8 @@ def test_a_query_that_sees_the_whole_cache_is_caught(kernel_outputs):
     assert not torch.allclose(kernel_outputs[UNMASKED], expected, atol=1e-3)
 
 
-@pytest.mark.parametrize("dtype, windowed", [("fp16", False), ("fp16", True), ("fp32", False)])
-@pytest.mark.parametrize("scale_type", ["fp32", "fp64"])  # a compiled step passes a Python float as fp64
-def test_the_kernel_compiles_for_hopper(dtype, windowed, scale_type):
-    """Through Triton's whole compiler (TTIR to a cubin, ptxas included) for compute capability 9.0, no GPU needed."""
+def _compiled_for_hopper(dtype: str, windowed: bool, scale_type: str, head_dim: int):
+    """The kernel through Triton's whole compiler (TTIR to a cubin, ptxas included) for compute capability 9.0."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -113,10 +115,30 @@ def test_the_kernel_compiles_for_hopper(dtype, windowed, scale_type):
     signature = {name: "i32" for name in kernel.arg_names}
     signature.update({name: f"*{dtype}" for name in ("q", "k", "v", "out")})
     signature.update(positions="*i64", scale=scale_type, HEAD_DIM="constexpr", KEYS="constexpr", WINDOWED="constexpr")
-    source = ASTSource(kernel, signature, constexprs={"HEAD_DIM": 64, "KEYS": decode_attention.KEYS_PER_BLOCK,
-                                                      "WINDOWED": windowed})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": decode_attention.WARPS})
-    assert len(compiled.asm["cubin"]) > 10_000
+    constexprs = {"HEAD_DIM": head_dim, "KEYS": keys_per_block(head_dim), "WINDOWED": windowed}
+    return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": decode_attention.WARPS})
+
+
+@pytest.mark.parametrize("dtype, windowed", [("fp16", False), ("fp16", True), ("fp32", False)])
+@pytest.mark.parametrize("scale_type", ["fp32", "fp64"])  # a compiled step passes a Python float as fp64
+def test_the_kernel_compiles_for_hopper(dtype, windowed, scale_type):
+    """No GPU needed to compile."""
+    assert len(_compiled_for_hopper(dtype, windowed, scale_type, 64).asm["cubin"]) > 10_000
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])  # Qwen2.5 and Llama 3.2; Qwen3; Gemma 3
+def test_a_block_stays_in_registers_at_every_head_size(head_dim):
+    """ptxas's report on the kernel's PTX: no register spills (a fixed 256 keys per block spilled at 128, 256)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    with tempfile.TemporaryDirectory() as folder:
+        ptx = os.path.join(folder, "kernel.ptx")
+        with open(ptx, "w") as f:
+            f.write(_compiled_for_hopper("fp16", True, "fp64", head_dim).asm["ptx"])
+        report = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx, "-o", os.devnull],
+                                capture_output=True, text=True, check=True)
+    assert "0 bytes spill stores" in report.stdout + report.stderr, report.stderr
 
 
 def test_off_the_gpu_the_tuned_attention_is_the_sums():
