@@ -24,8 +24,8 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     ISL 2048), and the combination is not measured there, nor at batch 8.
     In that tuned step, decode attention is one Triton kernel per layer (decode_attention.py) rather
     than the sums' three: Qwen2.5-0.5B 989 -> 801 us per step in the generation loop (separate
-    processes on one machine, benchmarks/profile_step.py and its --attention_sums). With
-    DECODE_ATTENTION_KERNEL = False the step goes back to the sums.
+    processes one after the other on one H200, benchmarks/profile_step.py and its --attention_sums).
+    With DECODE_ATTENTION_KERNEL = False the step goes back to the sums.
 A static_v3 graph is compiled for static shapes (one graph for prefill, one for the decode step)
 and without inductor's CUDA graphs: with --cudagraph, generate.CachedModel captures each whole step
 itself (cuda_graph_step.py). The others stay dynamic in the sequence length, and --cudagraph gives
