@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import compile_inductor
+import decode_attention
 from conftest import lowered_graph, prompt_ids, tiny_model
-from decode_attention import keys_per_block
 from generate import CachedModel, Prompt, StopRule, generate_static_cache, hf_generate
 from register_sdpa import attention_reference
 
@@ -33,7 +33,7 @@ def _interpreted(calls: dict) -> dict:
 
 
 HEAD_DIM = 16
-FIRST_BLOCK = keys_per_block(HEAD_DIM)  # keys the kernel reads per block at this head size
+FIRST_BLOCK = decode_attention.keys_per_block(HEAD_DIM)  # keys the kernel reads per block at this head size
 
 
 def _inputs(q_heads, kv_heads, q_len, kv_len, dtype, seed=0):
@@ -109,13 +109,11 @@ def _compiled_for_hopper(dtype: str, windowed: bool, scale_type: str, head_dim: 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    import decode_attention
-
     kernel = decode_attention._decode_attention_kernel
     signature = {name: "i32" for name in kernel.arg_names}
     signature.update({name: f"*{dtype}" for name in ("q", "k", "v", "out")})
     signature.update(positions="*i64", scale=scale_type, HEAD_DIM="constexpr", KEYS="constexpr", WINDOWED="constexpr")
-    constexprs = {"HEAD_DIM": head_dim, "KEYS": keys_per_block(head_dim), "WINDOWED": windowed}
+    constexprs = {"HEAD_DIM": head_dim, "KEYS": decode_attention.keys_per_block(head_dim), "WINDOWED": windowed}
     return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": decode_attention.WARPS})
 
