@@ -8,7 +8,9 @@ Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever
 coordinate_descent_tuning=True) before making one of them compile_inductor.py's default, and
 `--plain_inductor` to compile without its small-model decode tuning (the comparison for it), and
 `--attention_sums` to give that tuned step's decode attention as inductor's sums of products instead
-of decode_attention.py's Triton kernel (the comparison for the kernel). Prints
+of decode_attention.py's Triton kernel (the comparison for the kernel), and `--tune_by_kernel_time` to
+tune its kernels by their GPU time (kernel_timer.py; compile with an empty inductor cache, e.g.
+TORCHINDUCTOR_CACHE_DIR set to a new folder, or the earlier tuning is reused). Prints
 the decode step's time in the generation loop (host included: run_llm.py's TPOT, median over
 --iterations), the captured step replayed back to back (the GPU alone: the gap between the two is
 host time), the step's kernel count and summed kernel time (the gap to the replay time is the GPU
@@ -22,14 +24,13 @@ from __future__ import annotations
 import ast
 import os
 import sys
-from collections import defaultdict
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import compile_inductor  # noqa: E402
+from kernel_timer import gpu_work  # noqa: E402
 import run_llm  # noqa: E402
 from benchmark import run_benchmark, time_generation  # noqa: E402
 from generate import Prompt, StopRule, generate_static_cache  # noqa: E402
@@ -59,19 +60,6 @@ def set_inductor_options(options: list[str]) -> None:
         setattr(owner, leaf, value)
 
 
-def gpu_work(run: Callable[[], object], runs: int) -> dict[str, list[float]]:
-    """Kernels and copies on the GPU while `run` runs, by name: [calls, microseconds] per run."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-        run()
-        torch.cuda.synchronize()
-    work = defaultdict(lambda: [0.0, 0.0])
-    for event in profile.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            work[event.name][0] += 1 / runs
-            work[event.name][1] += event.device_time / runs
-    return work
-
-
 def main(args) -> None:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not (args.device.startswith("cuda") and torch.cuda.is_available()):
@@ -85,6 +73,8 @@ def main(args) -> None:
         compile_inductor.SMALL_MODEL_PARAMETERS = 0  # no model is small enough: inductor's defaults, cuBLAS
     if args.attention_sums:
         compile_inductor.DECODE_ATTENTION_KERNEL = False
+    if args.tune_by_kernel_time:
+        compile_inductor.TUNE_BY_KERNEL_TIME = True
     if args.compiler == "tensorrt" or args.backend == "plugin":
         raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
     config = load_config(args)
@@ -114,8 +104,8 @@ def main(args) -> None:
     outside = {name: (calls / decode_steps, us / decode_steps) for name, (calls, us) in gpu_work(generate, 1).items()
                if name not in kernels and calls >= decode_steps}
 
-    flags = [flag for flag, on in (("--plain_inductor", args.plain_inductor),
-                                   ("--attention_sums", args.attention_sums)) if on]
+    flags = [flag for flag, on in (("--plain_inductor", args.plain_inductor), ("--attention_sums", args.attention_sums),
+                                   ("--tune_by_kernel_time", args.tune_by_kernel_time)) if on]
     options = " ".join(args.inductor_config + flags)
     print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
@@ -140,4 +130,7 @@ if __name__ == "__main__":
     parser.add_argument("--attention_sums", action="store_true",
                         help="the tuned step's decode attention as inductor's sums, not decode_attention.py's "
                              "kernel, to compare with it")
+    parser.add_argument("--tune_by_kernel_time", action="store_true",
+                        help="time the tuned step's candidate kernels by their GPU time (kernel_timer.py) rather "
+                             "than by inductor's timer around their launch")
     run_main(main, parser)

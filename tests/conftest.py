@@ -75,6 +75,16 @@ def eager_cached(gm, batch_size: int, max_seq_len: int, dtype, device="cpu", **o
     return CachedModel(step, gm, batch_size, max_seq_len, dtype, device, **options)
 
 
+def tuned_inductor_cached(model, max_seq_len: int) -> CachedModel:
+    """A tiny model's batch-1 static_v3 step on the GPU through compile_inductor (so with the small-model
+    decode tuning), each step captured as a CUDA graph, as run_llm.py --compiler inductor --cudagraph runs it."""
+    from compile_inductor import compile_with_inductor
+
+    gm = lowered_graph(model, 1, max_seq_len, "static_v3")
+    step = compile_with_inductor(gm, argparse.Namespace(batch_size=1, cudagraph=True))
+    return CachedModel(step, gm, 1, max_seq_len, model.dtype, "cuda", cuda_graphs=True)
+
+
 def eos_stop(model) -> StopRule:
     """Stop at the model's EOS, padding with 258, as Hugging Face's generate is asked to."""
     eos = model.config.eos_token_id

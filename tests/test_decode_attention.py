@@ -3,7 +3,6 @@ interpreter, and on a GPU inside the tuned inductor step against Hugging Face's 
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -15,8 +14,8 @@ import torch
 
 import compile_inductor
 import decode_attention
-from conftest import lowered_graph, prompt_ids, tiny_model
-from generate import CachedModel, Prompt, StopRule, generate_static_cache, hf_generate
+from conftest import prompt_ids, tiny_model, tuned_inductor_cached
+from generate import Prompt, StopRule, generate_static_cache, hf_generate
 from register_sdpa import attention_reference
 
 
@@ -153,9 +152,7 @@ def test_the_tuned_step_with_the_kernel_matches_hugging_face(family, monkeypatch
 
     monkeypatch.setattr(compile_inductor, "DECODE_ATTENTION_KERNEL", True)
     model, prompt_len, new_tokens = tiny_model(family, "cuda"), 10, 20
-    gm = lowered_graph(model, 1, prompt_len + new_tokens, "static_v3")
-    step = compile_inductor.compile_with_inductor(gm, argparse.Namespace(batch_size=1, cudagraph=True))
-    cached = CachedModel(step, gm, 1, prompt_len + new_tokens, model.dtype, "cuda", cuda_graphs=True)
+    cached = tuned_inductor_cached(model, prompt_len + new_tokens)
     ids = prompt_ids(model, 1, prompt_len)
     stop = StopRule([], 0, stop_on_eos=False)
     with torch.no_grad():
