@@ -30,10 +30,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import compile_inductor  # noqa: E402
-from kernel_timer import gpu_work  # noqa: E402
 import run_llm  # noqa: E402
 from benchmark import run_benchmark, time_generation  # noqa: E402
 from generate import Prompt, StopRule, generate_static_cache  # noqa: E402
+from kernel_timer import gpu_work  # noqa: E402
 from utils import (UsageError, cached_model, compile_lowered, export_llm, load_config, load_model, lower,  # noqa: E402
                    run_main, validate_common_arguments)
 
