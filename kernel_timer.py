@@ -12,7 +12,7 @@ inductor cache, ran at 0.95, 0.94, 0.96 and 0.80 ms per step.
 the tuner's timer replaced by `kernel_time_ms`: the candidate's kernels' own GPU time, as the
 profiler records it, with the L2 cache flushed before every call (in a decode step the weights
 arrive from memory, not from L2). Where that cannot be measured (a profiler already running, a
-stream capturing, a CPU), inductor's own timer is used.
+stream capturing, a CPU, a profile without the candidate's kernels), inductor's own timer is used.
 """
 
 from __future__ import annotations
@@ -76,21 +76,21 @@ def _measurable(device) -> bool:
 
 
 class KernelTimeBenchmarker:
-    """Stands in for inductor's benchmarker while a tuned step runs: GPU candidates get kernel_time_ms."""
+    """Stands in for inductor's benchmarker while a tuned step runs: GPU candidates get kernel_time_ms, the
+    rest inductor's timer, as does a candidate whose kernels the profiler did not see (0 ms: a tie of zeros
+    would decide nothing)."""
 
     def __init__(self, inductors: object):
         self.inductors = inductors
 
     def benchmark(self, fn: Callable, fn_args: tuple | None = None, fn_kwargs: dict | None = None,
                   device=None, **kwargs) -> float:
-        if not _measurable(device):
-            return self.inductors.benchmark(fn, fn_args, fn_kwargs, device=device, **kwargs)
-        return kernel_time_ms(functools.partial(fn, *(fn_args or ()), **(fn_kwargs or {})))
+        ms = _measurable(device) and kernel_time_ms(functools.partial(fn, *(fn_args or ()), **(fn_kwargs or {})))
+        return ms or self.inductors.benchmark(fn, fn_args, fn_kwargs, device=device, **kwargs)
 
     def benchmark_gpu(self, fn: Callable, *args, **kwargs) -> float:
-        if not _measurable(None):
-            return self.inductors.benchmark_gpu(fn, *args, **kwargs)
-        return kernel_time_ms(fn)
+        ms = _measurable(None) and kernel_time_ms(fn)
+        return ms or self.inductors.benchmark_gpu(fn, *args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(self.inductors, name)

@@ -79,6 +79,17 @@ def test_gpu_candidates_get_the_kernel_time_and_the_rest_inductors_timer(monkeyp
                                ("benchmark_gpu", None), ("benchmark_gpu", None)]
 
 
+def test_a_candidate_the_profiler_did_not_see_gets_inductors_timer(monkeypatch):
+    monkeypatch.setattr(kernel_timer, "kernel_time_ms", lambda call: 0.0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    inductors = RecordingBenchmarker()
+    stand_in = kernel_timer.KernelTimeBenchmarker(inductors)
+    assert stand_in.benchmark(lambda: None, device="cuda") == 1.0
+    assert stand_in.benchmark_gpu(lambda: None) == 1.0
+    assert inductors.calls == [("benchmark", "cuda"), ("benchmark_gpu", None)]
+
+
 def test_a_candidates_arguments_reach_it(monkeypatch):
     monkeypatch.setattr(kernel_timer, "kernel_time_ms", lambda call: call())
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
