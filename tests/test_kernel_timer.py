@@ -3,7 +3,6 @@ that inductor's tuner runs with it, and that a step tuned with it still gives Hu
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch._inductor.runtime import triton_heuristics
@@ -33,6 +32,13 @@ class RecordingBenchmarker:
         return 1.0
 
 
+@pytest.fixture
+def idle_gpu(monkeypatch):
+    """What the stand-in checks before timing a candidate, as on a GPU with no capture running."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+
+
 def test_the_stand_in_is_in_place_only_inside_the_block():
     inductors = triton_heuristics.benchmarker
     with kernel_timer.tuning_timed_by_kernels():
@@ -55,11 +61,9 @@ def test_a_wrapped_step_runs_inside_the_block():
     assert seen == [kernel_timer.KernelTimeBenchmarker]
 
 
-def test_gpu_candidates_get_the_kernel_time_and_the_rest_inductors_timer(monkeypatch):
+def test_gpu_candidates_get_the_kernel_time_and_the_rest_inductors_timer(idle_gpu, monkeypatch):
     measured = []
     monkeypatch.setattr(kernel_timer, "kernel_time_ms", lambda call: measured.append(call) or 0.5)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     inductors = RecordingBenchmarker()
     stand_in = kernel_timer.KernelTimeBenchmarker(inductors)
 
@@ -79,10 +83,8 @@ def test_gpu_candidates_get_the_kernel_time_and_the_rest_inductors_timer(monkeyp
                                ("benchmark_gpu", None), ("benchmark_gpu", None)]
 
 
-def test_a_candidate_the_profiler_did_not_see_gets_inductors_timer(monkeypatch):
+def test_a_candidate_the_profiler_did_not_see_gets_inductors_timer(idle_gpu, monkeypatch):
     monkeypatch.setattr(kernel_timer, "kernel_time_ms", lambda call: 0.0)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     inductors = RecordingBenchmarker()
     stand_in = kernel_timer.KernelTimeBenchmarker(inductors)
     assert stand_in.benchmark(lambda: None, device="cuda") == 1.0
@@ -90,10 +92,8 @@ def test_a_candidate_the_profiler_did_not_see_gets_inductors_timer(monkeypatch):
     assert inductors.calls == [("benchmark", "cuda"), ("benchmark_gpu", None)]
 
 
-def test_a_candidates_arguments_reach_it(monkeypatch):
+def test_a_candidates_arguments_reach_it(idle_gpu, monkeypatch):
     monkeypatch.setattr(kernel_timer, "kernel_time_ms", lambda call: call())
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     stand_in = kernel_timer.KernelTimeBenchmarker(RecordingBenchmarker())
     assert stand_in.benchmark(lambda a, b=0: a * 10 + b, (3,), {"b": 4}, device="cuda") == 34
 
