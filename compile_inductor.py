@@ -26,11 +26,12 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     than the sums' three: Qwen2.5-0.5B 989 -> 801 us per step in the generation loop (separate
     processes one after the other on one H200, benchmarks/profile_step.py and its --attention_sums).
     With DECODE_ATTENTION_KERNEL = False the step goes back to the sums.
-    The tuning is chance, though: inductor times each candidate configuration around its launch,
-    which for kernels this small is mostly launch time (kernel_timer.py). Four compiles of the
-    0.5B step from empty inductor caches ran at 0.95, 0.94, 0.96 and 0.80 ms per step (run_llm.py's
-    TPOT, one H200). With TUNE_BY_KERNEL_TIME = True the candidates are timed by their kernels' GPU
-    time instead; off until that is timed on the GPU (benchmarks/profile_step.py --tune_by_kernel_time).
+    Inductor times each candidate configuration around its launch, which for kernels this small is
+    mostly launch time, so its tuning was chance: four compiles of the 0.5B step from empty inductor
+    caches ran at 0.95, 0.94, 0.96 and 0.80 ms per step (run_llm.py's TPOT, one H200). So the
+    candidates are timed by their kernels' GPU time (kernel_timer.py): two compiles from empty caches
+    0.75 and 0.74 ms. TUNE_BY_KERNEL_TIME = False (benchmarks/profile_step.py --inductor_timer) goes
+    back to inductor's timer.
 A static_v3 graph is compiled for static shapes (one graph for prefill, one for the decode step)
 and without inductor's CUDA graphs: with --cudagraph, generate.CachedModel captures each whole step
 itself (cuda_graph_step.py). The others stay dynamic in the sequence length, and --cudagraph gives
@@ -54,7 +55,7 @@ DECODE_ROWS = 8  # query rows per sequence in a decode step
 DECODE_KEYS = 512  # cache length up to which decode attention is written out (see the module docstring)
 SMALL_MODEL_PARAMETERS = 2_000_000_000  # up to this size, a batch-1 static_v3 step is tuned for decode (docstring)
 DECODE_ATTENTION_KERNEL = True  # the tuned step's decode attention as decode_attention.py's kernel (docstring)
-TUNE_BY_KERNEL_TIME = False  # the tuned step's candidates timed by kernel_timer.py (docstring)
+TUNE_BY_KERNEL_TIME = True  # the tuned step's candidates timed by kernel_timer.py (docstring)
 
 
 def _short_decode(q: torch.Tensor, k: torch.Tensor) -> bool:

@@ -8,8 +8,9 @@ Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever
 coordinate_descent_tuning=True) before making one of them compile_inductor.py's default, and
 `--plain_inductor` to compile without its small-model decode tuning (the comparison for it), and
 `--attention_sums` to give that tuned step's decode attention as inductor's sums of products instead
-of decode_attention.py's Triton kernel (the comparison for the kernel), and `--tune_by_kernel_time` to
-tune its kernels by their GPU time (kernel_timer.py; compile with an empty inductor cache, e.g.
+of decode_attention.py's Triton kernel (the comparison for the kernel), and `--inductor_timer` to
+tune its kernels with inductor's own timer around their launch rather than by their GPU time
+(kernel_timer.py, the comparison for it; compile with an empty inductor cache, e.g.
 TORCHINDUCTOR_CACHE_DIR set to a new folder, or the earlier tuning is reused). Prints
 the decode step's time in the generation loop (host included: run_llm.py's TPOT, median over
 --iterations), the captured step replayed back to back (the GPU alone: the gap between the two is
@@ -73,8 +74,8 @@ def main(args) -> None:
         compile_inductor.SMALL_MODEL_PARAMETERS = 0  # no model is small enough: inductor's defaults, cuBLAS
     if args.attention_sums:
         compile_inductor.DECODE_ATTENTION_KERNEL = False
-    if args.tune_by_kernel_time:
-        compile_inductor.TUNE_BY_KERNEL_TIME = True
+    if args.inductor_timer:
+        compile_inductor.TUNE_BY_KERNEL_TIME = False
     if args.compiler == "tensorrt" or args.backend == "plugin":
         raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
     config = load_config(args)
@@ -105,7 +106,7 @@ def main(args) -> None:
                if name not in kernels and calls >= decode_steps}
 
     flags = [flag for flag, on in (("--plain_inductor", args.plain_inductor), ("--attention_sums", args.attention_sums),
-                                   ("--tune_by_kernel_time", args.tune_by_kernel_time)) if on]
+                                   ("--inductor_timer", args.inductor_timer)) if on]
     options = " ".join(args.inductor_config + flags)
     print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
@@ -130,7 +131,7 @@ if __name__ == "__main__":
     parser.add_argument("--attention_sums", action="store_true",
                         help="the tuned step's decode attention as inductor's sums, not decode_attention.py's "
                              "kernel, to compare with it")
-    parser.add_argument("--tune_by_kernel_time", action="store_true",
-                        help="time the tuned step's candidate kernels by their GPU time (kernel_timer.py) rather "
-                             "than by inductor's timer around their launch")
+    parser.add_argument("--inductor_timer", action="store_true",
+                        help="time the tuned step's candidate kernels with inductor's timer around their launch, "
+                             "not by their GPU time (kernel_timer.py), to compare with it")
     run_main(main, parser)
