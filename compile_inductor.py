@@ -9,7 +9,13 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     sums of products rather than an sdpa call: inductor generates it as a few small kernels with
     the mask and softmax fused in, which on the H200 took 2.7 us per layer where sdpa's kernel took
     6.6 us (Qwen2.5-0.5B, 256 keys). Over 2,176 keys it was slower (60 us against 46 us per layer,
-    Llama-3.1-8B), so longer caches keep sdpa, as does prefill.
+    Llama-3.1-8B), so longer caches keep sdpa, as does prefill. But sdpa's kernels share out the work
+    by heads and query blocks, so a decode step's few query rows over a long cache get few programs
+    (not profiled yet): at ISL 2048 the small models' tuned decode steps took 33-35 us per layer more
+    than at 128 (BENCHMARKS.md). With
+    LONG_DECODE_KERNEL = True, a decode step's attention over a longer cache (any model and batch) is
+    decode_attention.py's kernel with the keys split among programs; off until it is timed on the GPU
+    (benchmarks/profile_step.py --long_decode_kernel).
   - Small models (at most SMALL_MODEL_PARAMETERS), batch 1, static_v3: one-row matrix products
     (every projection and the lm_head in a decode step) are written as sums of products too, and the
     step is compiled with coordinate-descent tuning of each kernel's block sizes and programmatic
@@ -56,17 +62,36 @@ DECODE_KEYS = 512  # cache length up to which decode attention is written out (s
 SMALL_MODEL_PARAMETERS = 2_000_000_000  # up to this size, a batch-1 static_v3 step is tuned for decode (docstring)
 DECODE_ATTENTION_KERNEL = True  # the tuned step's decode attention as decode_attention.py's kernel (docstring)
 TUNE_BY_KERNEL_TIME = True  # the tuned step's candidates timed by kernel_timer.py (docstring)
+LONG_DECODE_KERNEL = False  # decode attention over a cache longer than DECODE_KEYS as split kernels (docstring)
+
+
+def _decode_step(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """A decode step traced for static shapes (not a v1/v2 graph's dynamic length)."""
+    q_len, kv_len = q.shape[2], k.shape[2]
+    return isinstance(q_len, int) and isinstance(kv_len, int) and q_len <= DECODE_ROWS
 
 
 def _short_decode(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """A decode step over a short cache, traced for static shapes (not a v1/v2 graph's dynamic length)."""
-    q_len, kv_len = q.shape[2], k.shape[2]
-    return isinstance(q_len, int) and isinstance(kv_len, int) and q_len <= DECODE_ROWS and kv_len <= DECODE_KEYS
+    return _decode_step(q, k) and k.shape[2] <= DECODE_KEYS
+
+
+def _kernel_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                  query_positions: torch.Tensor | None) -> bool:
+    """Whether decode_attention.py's kernels can run this causal attention at known positions."""
+    from decode_attention import fits
+
+    return causal and query_positions is not None and q.is_cuda and fits(q, k, v)
 
 
 def attention_for_inductor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                            sliding_window: int | None = None, query_positions: torch.Tensor | None = None):
-    """The canonical node in plain PyTorch: sums of products for a short decode step, else sdpa."""
+    """The canonical node in plain PyTorch: sums of products for a short decode step, decode_attention.py's
+    split kernels for a long one (with LONG_DECODE_KERNEL), else sdpa."""
+    if LONG_DECODE_KERNEL and _decode_step(q, k) and not _short_decode(q, k) and _kernel_takes(
+            q, k, v, causal, query_positions):
+        from decode_attention import decode_attention
+
+        return decode_attention(q, k, v, scale, sliding_window, query_positions, split_keys=True)
     if not _short_decode(q, k):
         return attention_reference(q, k, v, scale, causal, sliding_window, query_positions)
     batch, q_heads, q_len, head_dim = q.shape
@@ -86,9 +111,9 @@ def attention_for_small_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                sliding_window: int | None = None, query_positions: torch.Tensor | None = None):
     """The tuned step's attention: decode_attention.py's kernel for a causal short decode step on a GPU, else
     attention_for_inductor."""
-    from decode_attention import decode_attention, fits
+    from decode_attention import decode_attention
 
-    if causal and query_positions is not None and q.is_cuda and _short_decode(q, k) and fits(q, k, v):
+    if _short_decode(q, k) and _kernel_takes(q, k, v, causal, query_positions):
         return decode_attention(q, k, v, scale, sliding_window, query_positions)
     return attention_for_inductor(q, k, v, scale, causal, sliding_window, query_positions)
 

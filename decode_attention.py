@@ -1,4 +1,4 @@
-"""Decode attention over a static cache as one Triton kernel: the canonical node's math for a few query rows.
+"""Decode attention over a static cache as Triton kernels: the canonical node's math for a few query rows.
 
 Written as sums of products (compile_inductor.py), a decode step's attention becomes three inductor
 kernels per layer (5.8-13.6 us together per layer in profiles of Qwen2.5-0.5B on the H200).
@@ -6,6 +6,11 @@ Here one program per query row (batch, query head, row) streams its K/V head's k
 position in blocks and keeps a running softmax (the maximum, the sum and the weighted sum of V,
 rescaled as the maximum grows), so a layer's attention is one launch and keys past the position are
 not read. Math in float32, the result in the input's dtype, as in the sums.
+
+Over a long cache one program per row is too few to keep the GPU busy (Qwen2.5-0.5B has 14 query
+rows per layer), so with split_keys each row's keys are split among several programs, one block of
+keys each, and a second kernel combines their running softmaxes (the maximum, the sum and the
+weighted sum of V of each split, rescaled to the largest maximum).
 
 TorchDynamo traces the call of the kernel, so inductor launches it inside the compiled step and a
 captured CUDA graph replays it with the rest. Tested against the canonical node's reference on the
@@ -25,6 +30,8 @@ WARPS = 16
 # A block of K or V is keys times head size elements in registers; at 256 x 64, 16 warps hold it without
 # spilling (ptxas for sm_90: 128 registers). A fixed 256 keys spilled at head size 128 and 256 (Qwen3, Gemma 3).
 BLOCK_ELEMENTS = KEYS_PER_BLOCK * 64
+# With split_keys, a row's keys are shared by up to this many programs (one block each up to there). Not timed.
+MAX_SPLITS = 64
 
 
 def keys_per_block(head_dim: int) -> int:
@@ -33,13 +40,14 @@ def keys_per_block(head_dim: int) -> int:
 
 
 @triton.jit
-def _decode_attention_kernel(q, k, v, positions, out, scale, window, q_heads, q_len, groups,
+def _decode_attention_kernel(q, k, v, positions, out, partial_max, partial_sum, partial_out, scale, window,
+                             q_heads, q_len, groups,
                              q_batch_stride, q_head_stride, q_row_stride,
                              k_batch_stride, k_head_stride, k_key_stride,
                              v_batch_stride, v_head_stride, v_key_stride,
-                             out_batch_stride, out_head_stride, out_row_stride,
-                             HEAD_DIM: tl.constexpr, KEYS: tl.constexpr, WINDOWED: tl.constexpr):
-    program = tl.program_id(0)
+                             out_batch_stride, out_head_stride, out_row_stride, keys_per_split,
+                             HEAD_DIM: tl.constexpr, KEYS: tl.constexpr, WINDOWED: tl.constexpr, SPLIT: tl.constexpr):
+    program = tl.program_id(0)  # the query row
     row = program % q_len
     head = (program // q_len) % q_heads
     batch = program // (q_len * q_heads)
@@ -56,7 +64,13 @@ def _decode_attention_kernel(q, k, v, positions, out, scale, window, q_heads, q_
     running_max = tl.full([1], float("-inf"), tl.float32)  # [1]: the loop keeps one shape for its carried values
     running_sum = tl.zeros([1], tl.float32)
     weighted = tl.zeros([HEAD_DIM], tl.float32)  # sum over keys of exp(score - running_max) * V, [D]
-    for start in range(0, position + 1, KEYS):  # a query sees keys 0..position (causal)
+    if SPLIT:  # this split's keys (program_id 1: which keys_per_split keys), those up to the position
+        first = tl.program_id(1) * keys_per_split
+        stop = tl.minimum(first + keys_per_split, position + 1)
+    else:  # keys 0..position (causal)
+        first = 0
+        stop = position + 1
+    for start in range(first, stop, KEYS):
         keys = start + tl.arange(0, KEYS)
         visible = keys <= position
         if WINDOWED:
@@ -75,26 +89,79 @@ def _decode_attention_kernel(q, k, v, positions, out, scale, window, q_heads, q_
         weighted = weighted * rescale + tl.sum(probs[:, None] * value_block.to(tl.float32), axis=0)
         running_sum = running_sum * rescale + tl.sum(probs, axis=0)
         running_max = new_max
-    result = weighted / running_sum  # the query's own key is always visible: the sum is positive
+    if SPLIT:  # this split's share, for _combine_splits_kernel; a split past the position leaves max -inf, sum 0
+        slot = program * tl.num_programs(1) + tl.program_id(1)
+        tl.store(partial_max + slot + tl.arange(0, 1), running_max)
+        tl.store(partial_sum + slot + tl.arange(0, 1), running_sum)
+        tl.store(partial_out + slot * HEAD_DIM + dims, weighted)
+    else:
+        result = weighted / running_sum  # the query's own key is always visible: the sum is positive
+        tl.store(out + batch * out_batch_stride + head * out_head_stride + row * out_row_stride + dims,
+                 result.to(out.dtype.element_ty))
+
+
+@triton.jit
+def _combine_splits_kernel(partial_max, partial_sum, partial_out, out, q_heads, q_len, splits,
+                           out_batch_stride, out_head_stride, out_row_stride,
+                           HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    """One query row's result from its splits' running softmaxes, each rescaled to the largest maximum."""
+    program = tl.program_id(0)
+    row = program % q_len
+    head = (program // q_len) % q_heads
+    batch = program // (q_len * q_heads)
+    dims = tl.arange(0, HEAD_DIM)
+    index = tl.arange(0, SPLITS)  # SPLITS: splits rounded up to a power of two
+    present = index < splits
+    slots = program * splits + index
+    maxima = tl.load(partial_max + slots, mask=present, other=float("-inf"))  # [SPLITS]
+    sums = tl.load(partial_sum + slots, mask=present, other=0.0)
+    weighted = tl.load(partial_out + slots[:, None] * HEAD_DIM + dims[None, :], mask=present[:, None],
+                       other=0.0)  # [SPLITS, D]
+    factors = tl.exp(maxima - tl.max(maxima, axis=0))  # the split with the query's own key has a finite maximum
+    result = tl.sum(weighted * factors[:, None], axis=0) / tl.sum(sums * factors, axis=0)
     tl.store(out + batch * out_batch_stride + head * out_head_stride + row * out_row_stride + dims,
              result.to(out.dtype.element_ty))
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     sliding_window: int | None, query_positions: torch.Tensor) -> torch.Tensor:
+def split_keys_for(kv_len: int, head_dim: int) -> tuple[int, int]:
+    """(splits, keys per split) when decode_attention splits a row's keys: whole blocks, one per split up to
+    MAX_SPLITS splits, then as few more per split as keep them within MAX_SPLITS."""
+    keys = keys_per_block(head_dim)
+    blocks = triton.cdiv(kv_len, keys)
+    blocks_per_split = triton.cdiv(blocks, MAX_SPLITS)
+    return triton.cdiv(blocks, blocks_per_split), blocks_per_split * keys
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, sliding_window: int | None,
+                     query_positions: torch.Tensor, split_keys: bool = False) -> torch.Tensor:
     """Causal attention of q [B, Hq, L, D] at cache positions query_positions [L] over caches k, v [B, Hkv, S, D].
 
     Returns [B, Hq, L, D] stored as [B, L, Hq, D] (register_sdpa.heads_inner's layout). D must be a
-    power of two; the last dimension of q, k and v must be contiguous.
+    power of two; the last dimension of q, k and v must be contiguous. With split_keys, a row's keys
+    are shared among programs (split_keys_for) and their results combined by a second kernel (for a
+    long cache: one program per row would read all of it alone).
     """
     batch, q_heads, q_len, head_dim = q.shape
-    kv_heads = k.shape[1]
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    keys = keys_per_block(head_dim)
+    rows = batch * q_heads * q_len
+    splits, keys_per_split = split_keys_for(kv_len, head_dim) if split_keys else (1, triton.cdiv(kv_len, keys) * keys)
     out = torch.empty(batch, q_len, q_heads, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
-    _decode_attention_kernel[(batch * q_heads * q_len,)](
-        q, k, v, query_positions, out, scale, sliding_window or 0, q_heads, q_len, q_heads // kv_heads,
+    if splits > 1:  # each split's running maximum, sum and weighted sum of V
+        partial_max, partial_sum = (torch.empty(rows * splits, dtype=torch.float32, device=q.device) for _ in "ms")
+        partial_out = torch.empty(rows * splits, head_dim, dtype=torch.float32, device=q.device)
+    else:  # the kernel writes the result itself; the partials' pointers go unused
+        partial_max = partial_sum = partial_out = out
+    _decode_attention_kernel[(rows, splits)](
+        q, k, v, query_positions, out, partial_max, partial_sum, partial_out, scale, sliding_window or 0,
+        q_heads, q_len, q_heads // kv_heads,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        HEAD_DIM=head_dim, KEYS=keys_per_block(head_dim), WINDOWED=sliding_window is not None, num_warps=WARPS)
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), keys_per_split,
+        HEAD_DIM=head_dim, KEYS=keys, WINDOWED=sliding_window is not None, SPLIT=splits > 1, num_warps=WARPS)
+    if splits > 1:
+        _combine_splits_kernel[(rows,)](
+            partial_max, partial_sum, partial_out, out, q_heads, q_len, splits,
+            out.stride(0), out.stride(1), out.stride(2), HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits))
     return out
 
 

@@ -11,7 +11,9 @@ coordinate_descent_tuning=True) before making one of them compile_inductor.py's 
 of decode_attention.py's Triton kernel (the comparison for the kernel), and `--inductor_timer` to
 tune its kernels with inductor's own timer around their launch rather than by their GPU time
 (kernel_timer.py, the comparison for it; compile with an empty inductor cache, e.g.
-TORCHINDUCTOR_CACHE_DIR set to a new folder, or the earlier tuning is reused). Prints
+TORCHINDUCTOR_CACHE_DIR set to a new folder, or the earlier tuning is reused), and
+`--long_decode_kernel` to give decode attention over a long cache as decode_attention.py's split
+kernels rather than sdpa (compile_inductor.LONG_DECODE_KERNEL). Prints
 the decode step's time in the generation loop (host included: run_llm.py's TPOT, median over
 --iterations), the captured step replayed back to back (the GPU alone: the gap between the two is
 host time), the step's kernel count and summed kernel time (the gap to the replay time is the GPU
@@ -76,6 +78,8 @@ def main(args) -> None:
         compile_inductor.DECODE_ATTENTION_KERNEL = False
     if args.inductor_timer:
         compile_inductor.TUNE_BY_KERNEL_TIME = False
+    if args.long_decode_kernel:
+        compile_inductor.LONG_DECODE_KERNEL = True
     if args.compiler == "tensorrt" or args.backend == "plugin":
         raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
     config = load_config(args)
@@ -106,7 +110,8 @@ def main(args) -> None:
                if name not in kernels and calls >= decode_steps}
 
     flags = [flag for flag, on in (("--plain_inductor", args.plain_inductor), ("--attention_sums", args.attention_sums),
-                                   ("--inductor_timer", args.inductor_timer)) if on]
+                                   ("--inductor_timer", args.inductor_timer),
+                                   ("--long_decode_kernel", args.long_decode_kernel)) if on]
     options = " ".join(args.inductor_config + flags)
     print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
@@ -134,4 +139,7 @@ if __name__ == "__main__":
     parser.add_argument("--inductor_timer", action="store_true",
                         help="time the tuned step's candidate kernels with inductor's timer around their launch, "
                              "not by their GPU time (kernel_timer.py), to compare with it")
+    parser.add_argument("--long_decode_kernel", action="store_true",
+                        help="decode attention over a cache longer than compile_inductor.DECODE_KEYS as "
+                             "decode_attention.py's split kernels rather than sdpa")
     run_main(main, parser)

@@ -20,7 +20,8 @@ from register_sdpa import attention_reference
 
 
 def _interpreted(calls: dict) -> dict:
-    """decode_attention(*args) for each name -> args, its kernel run by Triton's interpreter on the CPU."""
+    """name -> (decode_attention(*args), launches of the kernel combining split keys) for each name -> args,
+    the kernels run by Triton's interpreter on the CPU."""
     with tempfile.TemporaryDirectory() as folder:
         calls_path, outputs_path = os.path.join(folder, "calls.pt"), os.path.join(folder, "outputs.pt")
         torch.save(calls, calls_path)
@@ -49,12 +50,23 @@ CASES = {
     "a window of 5": dict(heads=(6, 2), positions=[30], kv_len=40, window=5),
     "a window that leaves the first block empty": dict(heads=(6, 2), window=16, kv_len=FIRST_BLOCK + 64,
                                                        positions=[FIRST_BLOCK + 40, FIRST_BLOCK + 41]),
+    # split_keys: a row's keys shared among programs, one block each, then combined
+    "split: decode at the end of a cache of 5 blocks": dict(heads=(14, 2), positions=[5 * FIRST_BLOCK - 3],
+                                                            kv_len=5 * FIRST_BLOCK, split=True),
+    "split: decode in the second of 5 blocks (3 splits see no key)": dict(
+        heads=(4, 2), positions=[FIRST_BLOCK + 10], kv_len=5 * FIRST_BLOCK, split=True),
+    "split: three queries, a window across a block edge": dict(
+        heads=(6, 2), window=40, positions=[2 * FIRST_BLOCK + 5, 2 * FIRST_BLOCK + 6, 2 * FIRST_BLOCK + 7],
+        kv_len=3 * FIRST_BLOCK, split=True),
 }
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 NAN_PAST_140 = "NaN in the cache past position 140"
 UNMASKED = "a query at 9 given the cache's last position"
+SPLIT_NAN = "split: NaN in the cache past the second block's 10th key"
+SPLIT_UNMASKED = "split: a query in the second block given the cache's last position"
+MANY_BLOCKS = "split: 3 blocks more than MAX_SPLITS"
 
 
 def _calls() -> dict:
@@ -62,12 +74,19 @@ def _calls() -> dict:
     for case_id, case in CASES.items():
         for dtype_id, dtype in DTYPES.items():
             q, k, v = _inputs(*case["heads"], len(case["positions"]), case["kv_len"], dtype)
-            calls[case_id, dtype_id] = (q, k, v, 0.3, case.get("window"), torch.tensor(case["positions"]))
-    q, k, v = _inputs(4, 2, 1, 300, torch.float32)
-    k, v = k.clone(), v.clone()
-    k[:, :, 141:], v[:, :, 141:] = float("nan"), float("nan")
-    calls[NAN_PAST_140] = (q, k, v, 0.3, None, torch.tensor([140]))
+            calls[case_id, dtype_id] = (q, k, v, 0.3, case.get("window"), torch.tensor(case["positions"]),
+                                        case.get("split", False))
+    for name, kv_len, position, split in ((NAN_PAST_140, 300, 140, False),
+                                          (SPLIT_NAN, 5 * FIRST_BLOCK, FIRST_BLOCK + 10, True)):
+        q, k, v = _inputs(4, 2, 1, kv_len, torch.float32)
+        k, v = k.clone(), v.clone()
+        k[:, :, position + 1:], v[:, :, position + 1:] = float("nan"), float("nan")
+        calls[name] = (q, k, v, 0.3, None, torch.tensor([position]), split)
     calls[UNMASKED] = (*_inputs(14, 2, 1, 40, torch.float32), 0.3, None, torch.tensor([39]))
+    calls[SPLIT_UNMASKED] = (*_inputs(4, 2, 1, 5 * FIRST_BLOCK, torch.float32), 0.3, None,
+                             torch.tensor([5 * FIRST_BLOCK - 1]), True)
+    many = (decode_attention.MAX_SPLITS + 3) * FIRST_BLOCK
+    calls[MANY_BLOCKS] = (*_inputs(2, 1, 1, many, torch.float32), 0.3, None, torch.tensor([many - 2]), True)
     return calls
 
 
@@ -82,57 +101,88 @@ def test_the_kernel_equals_the_reference(kernel_outputs, case_id, dtype_id):
     case, dtype = CASES[case_id], DTYPES[dtype_id]
     q, k, v = _inputs(*case["heads"], len(case["positions"]), case["kv_len"], dtype)
     positions = torch.tensor(case["positions"])
-    out = kernel_outputs[case_id, dtype_id]
+    out, combines = kernel_outputs[case_id, dtype_id]
     assert out.dtype == dtype and out.shape == q.shape and out.transpose(1, 2).is_contiguous()
+    assert combines == case.get("split", False)  # the split cases' keys span several blocks: they are combined
     expected = attention_reference(q.float(), k.float(), v.float(), 0.3, True, case.get("window"), positions)
     tolerance = 1e-5 if dtype == torch.float32 else 2e-3
     torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
 
 
-def test_keys_past_the_position_are_not_read(kernel_outputs):
-    q, k, v = _inputs(4, 2, 1, 300, torch.float32)  # the same cache without the NaN
-    expected = attention_reference(q, k, v, 0.3, True, None, torch.tensor([140]))
-    torch.testing.assert_close(kernel_outputs[NAN_PAST_140], expected, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("name, kv_len, position", [(NAN_PAST_140, 300, 140),
+                                                     (SPLIT_NAN, 5 * FIRST_BLOCK, FIRST_BLOCK + 10)])
+def test_keys_past_the_position_are_not_read(kernel_outputs, name, kv_len, position):
+    q, k, v = _inputs(4, 2, 1, kv_len, torch.float32)  # the same cache without the NaN
+    expected = attention_reference(q, k, v, 0.3, True, None, torch.tensor([position]))
+    torch.testing.assert_close(kernel_outputs[name][0], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_a_query_that_sees_the_whole_cache_is_caught(kernel_outputs):
-    """The comparison can fail: the kernel given the cache's last position for a query at 9 sees 30 keys too many."""
-    q, k, v = _inputs(14, 2, 1, 40, torch.float32)
-    expected = attention_reference(q, k, v, 0.3, True, None, torch.tensor([9]))
-    assert not torch.allclose(kernel_outputs[UNMASKED], expected, atol=1e-3)
+def test_more_blocks_than_splits_are_shared_out(kernel_outputs):
+    many = (decode_attention.MAX_SPLITS + 3) * FIRST_BLOCK
+    splits, keys_per_split = decode_attention.split_keys_for(many, HEAD_DIM)
+    assert splits <= decode_attention.MAX_SPLITS and (splits - 1) * keys_per_split < many <= splits * keys_per_split
+    q, k, v = _inputs(2, 1, 1, many, torch.float32)
+    expected = attention_reference(q, k, v, 0.3, True, None, torch.tensor([many - 2]))
+    torch.testing.assert_close(kernel_outputs[MANY_BLOCKS][0], expected, atol=1e-5, rtol=1e-5)
 
 
-def _compiled_for_hopper(dtype: str, windowed: bool, scale_type: str, head_dim: int):
-    """The kernel through Triton's whole compiler (TTIR to a cubin, ptxas included) for compute capability 9.0."""
+@pytest.mark.parametrize("name, heads, kv_len, position", [(UNMASKED, (14, 2), 40, 9),
+                                                           (SPLIT_UNMASKED, (4, 2), 5 * FIRST_BLOCK, FIRST_BLOCK + 10)])
+def test_a_query_that_sees_the_whole_cache_is_caught(kernel_outputs, name, heads, kv_len, position):
+    """The comparison can fail: the kernel given the cache's last position for an earlier query sees keys too many."""
+    q, k, v = _inputs(*heads, 1, kv_len, torch.float32)
+    expected = attention_reference(q, k, v, 0.3, True, None, torch.tensor([position]))
+    assert not torch.allclose(kernel_outputs[name][0], expected, atol=1e-3)
+
+
+def _for_hopper(kernel, signature: dict, constexprs: dict, num_warps: int):
+    """A kernel through Triton's whole compiler (TTIR to a cubin, ptxas included) for compute capability 9.0."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    kernel = decode_attention._decode_attention_kernel
-    signature = {name: "i32" for name in kernel.arg_names}
-    signature.update({name: f"*{dtype}" for name in ("q", "k", "v", "out")})
-    signature.update(positions="*i64", scale=scale_type, HEAD_DIM="constexpr", KEYS="constexpr", WINDOWED="constexpr")
-    constexprs = {"HEAD_DIM": head_dim, "KEYS": decode_attention.keys_per_block(head_dim), "WINDOWED": windowed}
+    signature = {name: signature.get(name, "i32") for name in kernel.arg_names}
     return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": decode_attention.WARPS})
+                          options={"num_warps": num_warps})
+
+
+def _compiled_for_hopper(dtype: str, windowed: bool, scale_type: str, head_dim: int, split: bool = False):
+    signature = {name: f"*{dtype}" for name in ("q", "k", "v", "out")}
+    partials = "*fp32" if split else f"*{dtype}"  # without a split, out is passed for the unused partials
+    signature.update({name: partials for name in ("partial_max", "partial_sum", "partial_out")})
+    signature.update(positions="*i64", scale=scale_type, HEAD_DIM="constexpr", KEYS="constexpr",
+                     WINDOWED="constexpr", SPLIT="constexpr")
+    constexprs = {"HEAD_DIM": head_dim, "KEYS": decode_attention.keys_per_block(head_dim), "WINDOWED": windowed,
+                  "SPLIT": split}
+    return _for_hopper(decode_attention._decode_attention_kernel, signature, constexprs, decode_attention.WARPS)
 
 
 @pytest.mark.parametrize("dtype, windowed", [("fp16", False), ("fp16", True), ("fp32", False)])
 @pytest.mark.parametrize("scale_type", ["fp32", "fp64"])  # a compiled step passes a Python float as fp64
-def test_the_kernel_compiles_for_hopper(dtype, windowed, scale_type):
+@pytest.mark.parametrize("split", [False, True])
+def test_the_kernel_compiles_for_hopper(dtype, windowed, scale_type, split):
     """No GPU needed to compile."""
-    assert len(_compiled_for_hopper(dtype, windowed, scale_type, 64).asm["cubin"]) > 10_000
+    assert len(_compiled_for_hopper(dtype, windowed, scale_type, 64, split).asm["cubin"]) > 10_000
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+def test_the_combining_kernel_compiles_for_hopper(dtype):
+    signature = {name: "*fp32" for name in ("partial_max", "partial_sum", "partial_out")}
+    signature.update(out=f"*{dtype}", HEAD_DIM="constexpr", SPLITS="constexpr")
+    compiled = _for_hopper(decode_attention._combine_splits_kernel, signature, {"HEAD_DIM": 64, "SPLITS": 64}, 4)
+    assert len(compiled.asm["cubin"]) > 1_000
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])  # Qwen2.5 and Llama 3.2; Qwen3; Gemma 3
-def test_a_block_stays_in_registers_at_every_head_size(head_dim):
+@pytest.mark.parametrize("split", [False, True])
+def test_a_block_stays_in_registers_at_every_head_size(head_dim, split):
     """ptxas's report on the kernel's PTX: no register spills (a fixed 256 keys per block spilled at 128, 256)."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     with tempfile.TemporaryDirectory() as folder:
         ptx = os.path.join(folder, "kernel.ptx")
         with open(ptx, "w") as f:
-            f.write(_compiled_for_hopper("fp16", True, "fp64", head_dim).asm["ptx"])
+            f.write(_compiled_for_hopper("fp16", True, "fp64", head_dim, split).asm["ptx"])
         report = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx, "-o", os.devnull],
                                 capture_output=True, text=True, check=True)
     assert "0 bytes spill stores" in report.stdout + report.stderr, report.stderr
@@ -145,12 +195,25 @@ def test_off_the_gpu_the_tuned_attention_is_the_sums():
                                compile_inductor.attention_for_inductor(*args), atol=0, rtol=0)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-gemma3"])  # Gemma 3: sliding-window layers
-def test_the_tuned_step_with_the_kernel_matches_hugging_face(family, monkeypatch):
+def test_off_the_gpu_a_long_decode_is_sdpa(monkeypatch):
+    monkeypatch.setattr(compile_inductor, "LONG_DECODE_KERNEL", True)
+    q, k, v = _inputs(14, 2, 1, compile_inductor.DECODE_KEYS + 100, torch.float32)
+    args = (q, k, v, 0.3, True, None, torch.tensor([compile_inductor.DECODE_KEYS + 50]))
+    torch.testing.assert_close(compile_inductor.attention_for_inductor(*args), attention_reference(*args),
+                               atol=0, rtol=0)
+
+
+def _launches(codes: list[str], kernel: str) -> int:
+    """How many times a step's compiled code launches a Triton kernel (counted in inductor's output, not with a
+    counter in the traced call: a mutated Python list would be guarded on and recompile the step at every call)."""
+    return max(len(re.findall(kernel + r"\w*\.run\(", code)) for code in codes)
+
+
+def _tuned_step_code(family: str) -> tuple:
+    """A tiny model's tuned inductor step on the GPU generates 20 tokens after 10, which must be Hugging Face's;
+    returns the model and the step's compiled code."""
     from torch._inductor.utils import run_and_get_code
 
-    monkeypatch.setattr(compile_inductor, "DECODE_ATTENTION_KERNEL", True)
     model, prompt_len, new_tokens = tiny_model(family, "cuda"), 10, 20
     cached = tuned_inductor_cached(model, prompt_len + new_tokens)
     ids = prompt_ids(model, 1, prompt_len)
@@ -158,7 +221,23 @@ def test_the_tuned_step_with_the_kernel_matches_hugging_face(family, monkeypatch
     with torch.no_grad():
         tokens, codes = run_and_get_code(generate_static_cache, cached, Prompt.text(ids), new_tokens, stop)
     assert torch.equal(tokens, hf_generate(model, ids, new_tokens, stop))
-    # the decode step's compiled code launches the kernel once per layer (counted in inductor's output, not with a
-    # counter in the traced call: a mutated Python list would be guarded on and recompile the step at every call)
-    launches = max(len(re.findall(r"_decode_attention_kernel\w*\.run\(", code)) for code in codes)
-    assert launches == model.config.num_hidden_layers
+    return model, codes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-gemma3"])  # Gemma 3: sliding-window layers
+def test_a_step_with_split_keys_matches_hugging_face(family, monkeypatch):
+    """A cache of 30 counts as long and 16 keys make a block here, so each row's keys take 2 splits."""
+    monkeypatch.setattr(compile_inductor, "LONG_DECODE_KERNEL", True)
+    monkeypatch.setattr(compile_inductor, "DECODE_KEYS", 16)
+    monkeypatch.setattr(decode_attention, "KEYS_PER_BLOCK", 16)
+    model, codes = _tuned_step_code(family)
+    assert _launches(codes, "_combine_splits_kernel") == model.config.num_hidden_layers
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-gemma3"])  # Gemma 3: sliding-window layers
+def test_the_tuned_step_with_the_kernel_matches_hugging_face(family, monkeypatch):
+    monkeypatch.setattr(compile_inductor, "DECODE_ATTENTION_KERNEL", True)
+    model, codes = _tuned_step_code(family)
+    assert _launches(codes, "_decode_attention_kernel") == model.config.num_hidden_layers  # once per layer
