@@ -12,10 +12,9 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     Llama-3.1-8B), so longer caches keep sdpa, as does prefill. But sdpa's kernels share out the work
     by heads and query blocks, so a decode step's few query rows over a long cache get few programs
     (not profiled yet): at ISL 2048 the small models' tuned decode steps took 33-35 us per layer more
-    than at 128 (BENCHMARKS.md). With
-    LONG_DECODE_KERNEL = True, a decode step's attention over a longer cache (any model and batch) is
-    decode_attention.py's kernel with the keys split among programs; off until it is timed on the GPU
-    (benchmarks/profile_step.py --long_decode_kernel).
+    than at 128 (BENCHMARKS.md). With LONG_DECODE_KERNEL = True, a decode step's attention over a
+    longer cache (any model and batch) is decode_attention.py's kernel with the keys split among
+    programs; off until it is timed on the GPU (benchmarks/profile_step.py --long_decode_kernel).
   - Small models (at most SMALL_MODEL_PARAMETERS), batch 1, static_v3: one-row matrix products
     (every projection and the lm_head in a decode step) are written as sums of products too, and the
     step is compiled with coordinate-descent tuning of each kernel's block sizes and programmatic

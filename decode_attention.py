@@ -39,6 +39,8 @@ def keys_per_block(head_dim: int) -> int:
     return min(KEYS_PER_BLOCK, BLOCK_ELEMENTS // head_dim)
 
 
+# keys_per_split comes after the strides: placed before them, ptxas allocated the unsplit kernel's registers
+# differently and it spilled
 @triton.jit
 def _decode_attention_kernel(q, k, v, positions, out, partial_max, partial_sum, partial_out, scale, window,
                              q_heads, q_len, groups,
@@ -148,7 +150,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     splits, keys_per_split = split_keys_for(kv_len, head_dim) if split_keys else (1, triton.cdiv(kv_len, keys) * keys)
     out = torch.empty(batch, q_len, q_heads, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
     if splits > 1:  # each split's running maximum, sum and weighted sum of V
-        partial_max, partial_sum = (torch.empty(rows * splits, dtype=torch.float32, device=q.device) for _ in "ms")
+        partial_max = torch.empty(rows * splits, dtype=torch.float32, device=q.device)
+        partial_sum = torch.empty(rows * splits, dtype=torch.float32, device=q.device)
         partial_out = torch.empty(rows * splits, head_dim, dtype=torch.float32, device=q.device)
     else:  # the kernel writes the result itself; the partials' pointers go unused
         partial_max = partial_sum = partial_out = out
