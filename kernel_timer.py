@@ -31,9 +31,11 @@ REPS = 10  # timed calls per candidate
 
 def gpu_work(run: Callable[[], object], runs: int) -> dict[str, list[float]]:
     """Kernels and copies on the GPU while `run` runs, by name: [calls, microseconds] per run."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-        run()
-        torch.cuda.synchronize()
+    with warnings.catch_warnings():  # the profiler's notes, at every use, are not the user's business
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+            run()
+            torch.cuda.synchronize()
     work = defaultdict(lambda: [0.0, 0.0])
     for event in profile.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
@@ -64,9 +66,7 @@ def kernel_time_ms(call: Callable[[], object], reps: int = REPS) -> float:
             flush.zero_()
             call()
 
-    with warnings.catch_warnings():  # the profiler's notes, once per candidate, are not the user's business
-        warnings.simplefilter("ignore", UserWarning)
-        work = gpu_work(timed, reps)
+    work = gpu_work(timed, reps)
     return sum(us for name, (_, us) in work.items() if name not in flush_kernels) / 1e3
 
 

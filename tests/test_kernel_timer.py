@@ -3,6 +3,8 @@ that inductor's tuner runs with it, and that a step tuned with it still gives Hu
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch._inductor.runtime import triton_heuristics
@@ -96,6 +98,32 @@ def test_a_candidates_arguments_reach_it(idle_gpu, monkeypatch):
     monkeypatch.setattr(kernel_timer, "kernel_time_ms", lambda call: call())
     stand_in = kernel_timer.KernelTimeBenchmarker(RecordingBenchmarker())
     assert stand_in.benchmark(lambda a, b=0: a * 10 + b, (3,), {"b": 4}, device="cuda") == 34
+
+
+class WarningProfiler:
+    """A profiler that notes something, as torch's does when it starts, and sees no work."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def __enter__(self):
+        warnings.warn("Profiler clears events at the end of each cycle.", UserWarning)
+        return self
+
+    def __exit__(self, *exception) -> None:
+        pass
+
+    def events(self) -> list:
+        return []
+
+
+def test_the_profilers_notes_do_not_reach_the_user(monkeypatch):
+    monkeypatch.setattr(torch.profiler, "profile", WarningProfiler)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert kernel_timer.gpu_work(lambda: None, 1) == {}
+    assert shown == []
 
 
 @pytest.mark.gpu
