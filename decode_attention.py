@@ -39,20 +39,22 @@ def keys_per_block(head_dim: int) -> int:
     return min(KEYS_PER_BLOCK, BLOCK_ELEMENTS // head_dim)
 
 
-# keys_per_split comes after the strides: placed before them, ptxas allocated the unsplit kernel's registers
-# differently and it spilled
 @triton.jit
-def _decode_attention_kernel(q, k, v, positions, out, partial_max, partial_sum, partial_out, scale, window,
-                             q_heads, q_len, groups,
-                             q_batch_stride, q_head_stride, q_row_stride,
-                             k_batch_stride, k_head_stride, k_key_stride,
-                             v_batch_stride, v_head_stride, v_key_stride,
-                             out_batch_stride, out_head_stride, out_row_stride, keys_per_split,
-                             HEAD_DIM: tl.constexpr, KEYS: tl.constexpr, WINDOWED: tl.constexpr, SPLIT: tl.constexpr):
-    program = tl.program_id(0)  # the query row
-    row = program % q_len
-    head = (program // q_len) % q_heads
-    batch = program // (q_len * q_heads)
+def _query_row(q_heads, q_len):
+    """(batch, query head, row) of program_id 0's query row."""
+    program = tl.program_id(0)
+    return program // (q_len * q_heads), (program // q_len) % q_heads, program % q_len
+
+
+@triton.jit
+def _attend(q, k, v, positions, scale, window, q_heads, q_len, groups,
+            q_batch_stride, q_head_stride, q_row_stride,
+            k_batch_stride, k_head_stride, k_key_stride,
+            v_batch_stride, v_head_stride, v_key_stride, keys_per_split,
+            HEAD_DIM: tl.constexpr, KEYS: tl.constexpr, WINDOWED: tl.constexpr, SPLIT: tl.constexpr):
+    """The running softmax of program_id 0's query row over its keys up to its position (with SPLIT, only
+    over program_id 1's keys_per_split keys): (maximum, sum, weighted sum of V)."""
+    batch, head, row = _query_row(q_heads, q_len)
     kv_head = head // groups
     dims = tl.arange(0, HEAD_DIM)
     query = tl.load(q + batch * q_batch_stride + head * q_head_stride + row * q_row_stride + dims).to(tl.float32)  # [D]
@@ -66,7 +68,7 @@ def _decode_attention_kernel(q, k, v, positions, out, partial_max, partial_sum, 
     running_max = tl.full([1], float("-inf"), tl.float32)  # [1]: the loop keeps one shape for its carried values
     running_sum = tl.zeros([1], tl.float32)
     weighted = tl.zeros([HEAD_DIM], tl.float32)  # sum over keys of exp(score - running_max) * V, [D]
-    if SPLIT:  # this split's keys (program_id 1: which keys_per_split keys), those up to the position
+    if SPLIT:  # this split's keys, those up to the position
         first = tl.program_id(1) * keys_per_split
         stop = tl.minimum(first + keys_per_split, position + 1)
     else:  # keys 0..position (causal)
@@ -91,15 +93,48 @@ def _decode_attention_kernel(q, k, v, positions, out, partial_max, partial_sum, 
         weighted = weighted * rescale + tl.sum(probs[:, None] * value_block.to(tl.float32), axis=0)
         running_sum = running_sum * rescale + tl.sum(probs, axis=0)
         running_max = new_max
-    if SPLIT:  # this split's share, for _combine_splits_kernel; a split past the position leaves max -inf, sum 0
-        slot = program * tl.num_programs(1) + tl.program_id(1)
-        tl.store(partial_max + slot + tl.arange(0, 1), running_max)
-        tl.store(partial_sum + slot + tl.arange(0, 1), running_sum)
-        tl.store(partial_out + slot * HEAD_DIM + dims, weighted)
-    else:
-        result = weighted / running_sum  # the query's own key is always visible: the sum is positive
-        tl.store(out + batch * out_batch_stride + head * out_head_stride + row * out_row_stride + dims,
-                 result.to(out.dtype.element_ty))
+    return running_max, running_sum, weighted
+
+
+@triton.jit
+def _decode_attention_kernel(q, k, v, positions, out, scale, window, q_heads, q_len, groups,
+                             q_batch_stride, q_head_stride, q_row_stride,
+                             k_batch_stride, k_head_stride, k_key_stride,
+                             v_batch_stride, v_head_stride, v_key_stride,
+                             out_batch_stride, out_head_stride, out_row_stride,
+                             HEAD_DIM: tl.constexpr, KEYS: tl.constexpr, WINDOWED: tl.constexpr):
+    """One program per query row (batch, query head, row), over all its keys."""
+    # the output's address from program_id here, not from _attend's results: inductor's analysis of which
+    # tensors a kernel writes would take a store through those for a store to any tensor _attend was given,
+    # and a compiled step would copy q, k and v (the whole cache) before each call
+    batch, head, row = _query_row(q_heads, q_len)
+    running_max, running_sum, weighted = _attend(
+        q, k, v, positions, scale, window, q_heads, q_len, groups, q_batch_stride, q_head_stride, q_row_stride,
+        k_batch_stride, k_head_stride, k_key_stride, v_batch_stride, v_head_stride, v_key_stride, 0,
+        HEAD_DIM, KEYS, WINDOWED, False)
+    result = weighted / running_sum  # the query's own key is always visible: the sum is positive
+    dims = tl.arange(0, HEAD_DIM)
+    tl.store(out + batch * out_batch_stride + head * out_head_stride + row * out_row_stride + dims,
+             result.to(out.dtype.element_ty))
+
+
+@triton.jit
+def _split_attention_kernel(q, k, v, positions, partial_max, partial_sum, partial_out, scale, window,
+                            q_heads, q_len, groups,
+                            q_batch_stride, q_head_stride, q_row_stride,
+                            k_batch_stride, k_head_stride, k_key_stride,
+                            v_batch_stride, v_head_stride, v_key_stride, keys_per_split,
+                            HEAD_DIM: tl.constexpr, KEYS: tl.constexpr, WINDOWED: tl.constexpr):
+    """One program per query row and split of its keys: the split's share, for _combine_splits_kernel (a split
+    past the position leaves maximum -inf and sum 0)."""
+    running_max, running_sum, weighted = _attend(
+        q, k, v, positions, scale, window, q_heads, q_len, groups, q_batch_stride, q_head_stride, q_row_stride,
+        k_batch_stride, k_head_stride, k_key_stride, v_batch_stride, v_head_stride, v_key_stride, keys_per_split,
+        HEAD_DIM, KEYS, WINDOWED, True)
+    slot = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    tl.store(partial_max + slot + tl.arange(0, 1), running_max)
+    tl.store(partial_sum + slot + tl.arange(0, 1), running_sum)
+    tl.store(partial_out + slot * HEAD_DIM + tl.arange(0, HEAD_DIM), weighted)
 
 
 @triton.jit
@@ -107,14 +142,11 @@ def _combine_splits_kernel(partial_max, partial_sum, partial_out, out, q_heads, 
                            out_batch_stride, out_head_stride, out_row_stride,
                            HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
     """One query row's result from its splits' running softmaxes, each rescaled to the largest maximum."""
-    program = tl.program_id(0)
-    row = program % q_len
-    head = (program // q_len) % q_heads
-    batch = program // (q_len * q_heads)
+    batch, head, row = _query_row(q_heads, q_len)
     dims = tl.arange(0, HEAD_DIM)
     index = tl.arange(0, SPLITS)  # SPLITS: splits rounded up to a power of two
     present = index < splits
-    slots = program * splits + index
+    slots = tl.program_id(0) * splits + index
     maxima = tl.load(partial_max + slots, mask=present, other=float("-inf"))  # [SPLITS]
     sums = tl.load(partial_sum + slots, mask=present, other=0.0)
     weighted = tl.load(partial_out + slots[:, None] * HEAD_DIM + dims[None, :], mask=present[:, None],
@@ -147,24 +179,25 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     kv_heads, kv_len = k.shape[1], k.shape[2]
     keys = keys_per_block(head_dim)
     rows = batch * q_heads * q_len
-    splits, keys_per_split = split_keys_for(kv_len, head_dim) if split_keys else (1, triton.cdiv(kv_len, keys) * keys)
+    splits, keys_per_split = split_keys_for(kv_len, head_dim) if split_keys else (1, kv_len)
     out = torch.empty(batch, q_len, q_heads, head_dim, dtype=q.dtype, device=q.device).transpose(1, 2)
-    if splits > 1:  # each split's running maximum, sum and weighted sum of V
-        partial_max = torch.empty(rows * splits, dtype=torch.float32, device=q.device)
-        partial_sum = torch.empty(rows * splits, dtype=torch.float32, device=q.device)
-        partial_out = torch.empty(rows * splits, head_dim, dtype=torch.float32, device=q.device)
-    else:  # the kernel writes the result itself; the partials' pointers go unused
-        partial_max = partial_sum = partial_out = out
-    _decode_attention_kernel[(rows, splits)](
-        q, k, v, query_positions, out, partial_max, partial_sum, partial_out, scale, sliding_window or 0,
-        q_heads, q_len, q_heads // kv_heads,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), keys_per_split,
-        HEAD_DIM=head_dim, KEYS=keys, WINDOWED=sliding_window is not None, SPLIT=splits > 1, num_warps=WARPS)
-    if splits > 1:
-        _combine_splits_kernel[(rows,)](
-            partial_max, partial_sum, partial_out, out, q_heads, q_len, splits,
-            out.stride(0), out.stride(1), out.stride(2), HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits))
+    common = (scale, sliding_window or 0, q_heads, q_len, q_heads // kv_heads,
+              q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+              v.stride(0), v.stride(1), v.stride(2))
+    constexprs = dict(HEAD_DIM=head_dim, KEYS=keys, WINDOWED=sliding_window is not None, num_warps=WARPS)
+    if splits == 1:
+        _decode_attention_kernel[(rows,)](q, k, v, query_positions, out, *common,
+                                          out.stride(0), out.stride(1), out.stride(2), **constexprs)
+        return out
+    # each split's running maximum, sum and weighted sum of V
+    partial_max = torch.empty(rows * splits, dtype=torch.float32, device=q.device)
+    partial_sum = torch.empty(rows * splits, dtype=torch.float32, device=q.device)
+    partial_out = torch.empty(rows * splits, head_dim, dtype=torch.float32, device=q.device)
+    _split_attention_kernel[(rows, splits)](q, k, v, query_positions, partial_max, partial_sum, partial_out,
+                                            *common, keys_per_split, **constexprs)
+    _combine_splits_kernel[(rows,)](partial_max, partial_sum, partial_out, out, q_heads, q_len, splits,
+                                    out.stride(0), out.stride(1), out.stride(2),
+                                    HEAD_DIM=head_dim, SPLITS=triton.next_power_of_2(splits))
     return out
 
 

@@ -147,14 +147,13 @@ def _for_hopper(kernel, signature: dict, constexprs: dict, num_warps: int):
 
 
 def _compiled_for_hopper(dtype: str, windowed: bool, scale_type: str, head_dim: int, split: bool = False):
+    """The attention kernel, or with split the split-keys one."""
     signature = {name: f"*{dtype}" for name in ("q", "k", "v", "out")}
-    partials = "*fp32" if split else f"*{dtype}"  # without a split, out is passed for the unused partials
-    signature.update({name: partials for name in ("partial_max", "partial_sum", "partial_out")})
-    signature.update(positions="*i64", scale=scale_type, HEAD_DIM="constexpr", KEYS="constexpr",
-                     WINDOWED="constexpr", SPLIT="constexpr")
-    constexprs = {"HEAD_DIM": head_dim, "KEYS": decode_attention.keys_per_block(head_dim), "WINDOWED": windowed,
-                  "SPLIT": split}
-    return _for_hopper(decode_attention._decode_attention_kernel, signature, constexprs, decode_attention.WARPS)
+    signature.update({name: "*fp32" for name in ("partial_max", "partial_sum", "partial_out")})
+    signature.update(positions="*i64", scale=scale_type, HEAD_DIM="constexpr", KEYS="constexpr", WINDOWED="constexpr")
+    constexprs = {"HEAD_DIM": head_dim, "KEYS": decode_attention.keys_per_block(head_dim), "WINDOWED": windowed}
+    kernel = decode_attention._split_attention_kernel if split else decode_attention._decode_attention_kernel
+    return _for_hopper(kernel, signature, constexprs, decode_attention.WARPS)
 
 
 @pytest.mark.parametrize("dtype, windowed", [("fp16", False), ("fp16", True), ("fp32", False)])
@@ -186,6 +185,45 @@ def test_a_block_stays_in_registers_at_every_head_size(head_dim, split):
         report = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", ptx, "-o", os.devnull],
                                 capture_output=True, text=True, check=True)
     assert "0 bytes spill stores" in report.stdout + report.stderr, report.stderr
+
+
+class HopperDriver:
+    """Triton's active driver as a GPU of compute capability 9.0 would make it, for code generation alone."""
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+
+def _written(kernel, **kwargs) -> set[str]:
+    """The tensors inductor takes `kernel` to write, from its analysis of the kernel's TTIR. A tensor taken to be
+    written is copied before a compiled step calls the kernel: for q, k or v, the copy would be the whole cache."""
+    from torch._higher_order_ops import triton_kernel_wrap
+
+    accesses = triton_kernel_wrap.identify_accessed_tensors(kernel, kwargs, {})
+    return {dependency.name for dependency in accesses.read_writes.writes}
+
+
+def test_inductor_sees_each_kernel_write_only_its_outputs(monkeypatch):
+    import triton
+
+    monkeypatch.setattr(triton.runtime.driver, "_active", HopperDriver())
+    q, k, v = _inputs(14, 2, 1, 300, torch.float16)
+    out, partial_max, partial_out = torch.empty_like(q), torch.empty(14 * 2), torch.empty(14 * 2, HEAD_DIM)
+    strides = dict(zip(("q_batch_stride", "q_head_stride", "q_row_stride"), q.stride()[:3]),
+                   **dict(zip(("k_batch_stride", "k_head_stride", "k_key_stride"), k.stride()[:3])),
+                   **dict(zip(("v_batch_stride", "v_head_stride", "v_key_stride"), v.stride()[:3])))
+    common = dict(q=q, k=k, v=v, positions=torch.tensor([200]), scale=0.3, window=0, q_heads=14, q_len=1, groups=7,
+                  HEAD_DIM=HEAD_DIM, KEYS=FIRST_BLOCK, WINDOWED=False, **strides)
+    out_strides = dict(zip(("out_batch_stride", "out_head_stride", "out_row_stride"), out.stride()[:3]))
+    assert _written(decode_attention._decode_attention_kernel, out=out, **out_strides, **common) == {"out"}
+    assert _written(decode_attention._split_attention_kernel, partial_max=partial_max, partial_sum=partial_max.clone(),
+                    partial_out=partial_out, keys_per_split=FIRST_BLOCK, **common) == {"partial_max", "partial_sum",
+                                                                                       "partial_out"}
+    assert _written(decode_attention._combine_splits_kernel, partial_max=partial_max, partial_sum=partial_max.clone(),
+                    partial_out=partial_out, out=out, q_heads=14, q_len=1, splits=2, HEAD_DIM=HEAD_DIM, SPLITS=2,
+                    **out_strides) == {"out"}
 
 
 def test_off_the_gpu_the_tuned_attention_is_the_sums():
