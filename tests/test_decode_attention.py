@@ -226,6 +226,23 @@ def test_inductor_sees_each_kernel_write_only_its_outputs(monkeypatch):
                     **out_strides) == {"out"}
 
 
+def test_the_kernel_as_inductor_writes_it_out_compiles_for_hopper(tmp_path, monkeypatch):
+    """A compiled step carries the kernel's source with the Triton functions it calls: written out so, the source
+    stands alone."""
+    import importlib
+
+    from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+
+    source = user_defined_triton_kernel_transitive_closure_source_code(decode_attention._decode_attention_kernel)
+    (tmp_path / "written_out.py").write_text("import triton\nimport triton.language as tl\n\n@triton.jit\n" + source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kernel = importlib.import_module("written_out")._decode_attention_kernel
+    signature = {name: "*fp16" for name in ("q", "k", "v", "out")}
+    signature.update(positions="*i64", scale="fp64", HEAD_DIM="constexpr", KEYS="constexpr", WINDOWED="constexpr")
+    constexprs = {"HEAD_DIM": 64, "KEYS": decode_attention.keys_per_block(64), "WINDOWED": True}
+    assert len(_for_hopper(kernel, signature, constexprs, decode_attention.WARPS).asm["cubin"]) > 10_000
+
+
 def test_off_the_gpu_the_tuned_attention_is_the_sums():
     q, k, v = _inputs(14, 2, 1, 40, torch.float32)
     args = (q, k, v, 0.3, True, None, torch.tensor([9]))
