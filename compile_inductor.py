@@ -86,8 +86,8 @@ def attention_for_inductor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
                            sliding_window: int | None = None, query_positions: torch.Tensor | None = None):
     """The canonical node in plain PyTorch: sums of products for a short decode step, decode_attention.py's
     split kernels for a long one (with LONG_DECODE_KERNEL), else sdpa."""
-    if LONG_DECODE_KERNEL and _decode_step(q, k) and not _short_decode(q, k) and _kernel_takes(
-            q, k, v, causal, query_positions):
+    long_decode = _decode_step(q, k) and k.shape[2] > DECODE_KEYS
+    if LONG_DECODE_KERNEL and long_decode and _kernel_takes(q, k, v, causal, query_positions):
         from decode_attention import decode_attention
 
         return decode_attention(q, k, v, scale, sliding_window, query_positions, split_keys=True)

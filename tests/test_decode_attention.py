@@ -146,13 +146,15 @@ def _for_hopper(kernel, signature: dict, constexprs: dict, num_warps: int):
                           options={"num_warps": num_warps})
 
 
-def _compiled_for_hopper(dtype: str, windowed: bool, scale_type: str, head_dim: int, split: bool = False):
-    """The attention kernel, or with split the split-keys one."""
+def _compiled_for_hopper(dtype: str, windowed: bool, scale_type: str, head_dim: int, split: bool = False,
+                         kernel=None):
+    """The attention kernel (or `kernel`, one with its arguments), or with split the split-keys one."""
     signature = {name: f"*{dtype}" for name in ("q", "k", "v", "out")}
     signature.update({name: "*fp32" for name in ("partial_max", "partial_sum", "partial_out")})
     signature.update(positions="*i64", scale=scale_type, HEAD_DIM="constexpr", KEYS="constexpr", WINDOWED="constexpr")
     constexprs = {"HEAD_DIM": head_dim, "KEYS": decode_attention.keys_per_block(head_dim), "WINDOWED": windowed}
-    kernel = decode_attention._split_attention_kernel if split else decode_attention._decode_attention_kernel
+    if kernel is None:
+        kernel = decode_attention._split_attention_kernel if split else decode_attention._decode_attention_kernel
     return _for_hopper(kernel, signature, constexprs, decode_attention.WARPS)
 
 
@@ -237,10 +239,7 @@ def test_the_kernel_as_inductor_writes_it_out_compiles_for_hopper(tmp_path, monk
     (tmp_path / "written_out.py").write_text("import triton\nimport triton.language as tl\n\n@triton.jit\n" + source)
     monkeypatch.syspath_prepend(str(tmp_path))
     kernel = importlib.import_module("written_out")._decode_attention_kernel
-    signature = {name: "*fp16" for name in ("q", "k", "v", "out")}
-    signature.update(positions="*i64", scale="fp64", HEAD_DIM="constexpr", KEYS="constexpr", WINDOWED="constexpr")
-    constexprs = {"HEAD_DIM": 64, "KEYS": decode_attention.keys_per_block(64), "WINDOWED": True}
-    assert len(_for_hopper(kernel, signature, constexprs, decode_attention.WARPS).asm["cubin"]) > 10_000
+    assert len(_compiled_for_hopper("fp16", True, "fp64", 64, kernel=kernel).asm["cubin"]) > 10_000
 
 
 def test_off_the_gpu_the_tuned_attention_is_the_sums():
