@@ -11,10 +11,12 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     6.6 us (Qwen2.5-0.5B, 256 keys). Over 2,176 keys it was slower (60 us against 46 us per layer,
     Llama-3.1-8B), so longer caches keep sdpa, as does prefill. But sdpa's kernels share out the work
     by heads and query blocks, so a decode step's few query rows over a long cache get few programs
-    (not profiled yet): at ISL 2048 the small models' tuned decode steps took 33-35 us per layer more
-    than at 128 (BENCHMARKS.md). With LONG_DECODE_KERNEL = True, a decode step's attention over a
-    longer cache (any model and batch) is decode_attention.py's kernel with the keys split among
-    programs; off until it is timed on the GPU (benchmarks/profile_step.py --long_decode_kernel).
+    (Qwen2.5-0.5B at ISL 2048: cuDNN's flash kernel, 33.7 us per layer). So a decode step's attention
+    over a longer cache (any model and batch, on the GPU) is decode_attention.py's kernel with each
+    row's keys split among programs, and a second kernel that combines the splits: 6.7 us per layer
+    for the two, and the 0.5B's step 1488 -> 769 us replayed back to back (benchmarks/profile_step.py
+    at ISL 2048, one H200, one process after the other). LONG_DECODE_KERNEL = False
+    (benchmarks/profile_step.py --long_decode_sdpa) goes back to sdpa.
   - Small models (at most SMALL_MODEL_PARAMETERS), batch 1, static_v3: one-row matrix products
     (every projection and the lm_head in a decode step) are written as sums of products too, and the
     step is compiled with coordinate-descent tuning of each kernel's block sizes and programmatic
@@ -61,7 +63,7 @@ DECODE_KEYS = 512  # cache length up to which decode attention is written out (s
 SMALL_MODEL_PARAMETERS = 2_000_000_000  # up to this size, a batch-1 static_v3 step is tuned for decode (docstring)
 DECODE_ATTENTION_KERNEL = True  # the tuned step's decode attention as decode_attention.py's kernel (docstring)
 TUNE_BY_KERNEL_TIME = True  # the tuned step's candidates timed by kernel_timer.py (docstring)
-LONG_DECODE_KERNEL = False  # decode attention over a cache longer than DECODE_KEYS as split kernels (docstring)
+LONG_DECODE_KERNEL = True  # decode attention over a cache longer than DECODE_KEYS as split kernels (docstring)
 
 
 def _decode_step(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -85,7 +87,7 @@ def _kernel_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
 def attention_for_inductor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
                            sliding_window: int | None = None, query_positions: torch.Tensor | None = None):
     """The canonical node in plain PyTorch: sums of products for a short decode step, decode_attention.py's
-    split kernels for a long one (with LONG_DECODE_KERNEL), else sdpa."""
+    split kernels for a long one on the GPU (LONG_DECODE_KERNEL), else sdpa."""
     long_decode = _decode_step(q, k) and k.shape[2] > DECODE_KEYS
     if LONG_DECODE_KERNEL and long_decode and _kernel_takes(q, k, v, causal, query_positions):
         from decode_attention import decode_attention

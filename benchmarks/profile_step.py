@@ -12,8 +12,8 @@ of decode_attention.py's Triton kernel (the comparison for the kernel), and `--i
 tune its kernels with inductor's own timer around their launch rather than by their GPU time
 (kernel_timer.py, the comparison for it; compile with an empty inductor cache, e.g.
 TORCHINDUCTOR_CACHE_DIR set to a new folder, or the earlier tuning is reused), and
-`--long_decode_kernel` to give decode attention over a long cache as decode_attention.py's split
-kernels rather than sdpa (compile_inductor.LONG_DECODE_KERNEL). Prints
+`--long_decode_sdpa` to give decode attention over a long cache as sdpa rather than
+decode_attention.py's split kernels (compile_inductor.LONG_DECODE_KERNEL, the comparison for them). Prints
 the decode step's time in the generation loop (host included: run_llm.py's TPOT, median over
 --iterations), the captured step replayed back to back (the GPU alone: the gap between the two is
 host time), the step's kernel count and summed kernel time (the gap to the replay time is the GPU
@@ -78,8 +78,8 @@ def main(args) -> None:
         compile_inductor.DECODE_ATTENTION_KERNEL = False
     if args.inductor_timer:
         compile_inductor.TUNE_BY_KERNEL_TIME = False
-    if args.long_decode_kernel:
-        compile_inductor.LONG_DECODE_KERNEL = True
+    if args.long_decode_sdpa:
+        compile_inductor.LONG_DECODE_KERNEL = False
     if args.compiler == "tensorrt" or args.backend == "plugin":
         raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
     config = load_config(args)
@@ -111,7 +111,7 @@ def main(args) -> None:
 
     flags = [flag for flag, on in (("--plain_inductor", args.plain_inductor), ("--attention_sums", args.attention_sums),
                                    ("--inductor_timer", args.inductor_timer),
-                                   ("--long_decode_kernel", args.long_decode_kernel)) if on]
+                                   ("--long_decode_sdpa", args.long_decode_sdpa)) if on]
     options = " ".join(args.inductor_config + flags)
     print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
@@ -139,7 +139,7 @@ if __name__ == "__main__":
     parser.add_argument("--inductor_timer", action="store_true",
                         help="time the tuned step's candidate kernels with inductor's timer around their launch, "
                              "not by their GPU time (kernel_timer.py), to compare with it")
-    parser.add_argument("--long_decode_kernel", action="store_true",
-                        help="decode attention over a cache longer than compile_inductor.DECODE_KEYS as "
-                             "decode_attention.py's split kernels rather than sdpa")
+    parser.add_argument("--long_decode_sdpa", action="store_true",
+                        help="decode attention over a cache longer than compile_inductor.DECODE_KEYS as sdpa, "
+                             "not decode_attention.py's split kernels, to compare with them")
     run_main(main, parser)

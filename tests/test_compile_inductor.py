@@ -48,7 +48,7 @@ def test_a_query_one_position_late_is_caught():
     assert not torch.allclose(late, expected, atol=1e-3)
 
 
-def test_prefill_and_long_caches_keep_sdpa(monkeypatch):
+def test_prefill_and_long_caches_off_the_gpu_keep_sdpa(monkeypatch):
     calls = []
     monkeypatch.setattr(compile_inductor, "attention_reference", lambda *args: calls.append(args[0].shape))
     for q_len, kv_len in [(compile_inductor.DECODE_ROWS + 1, 64), (1, compile_inductor.DECODE_KEYS + 1)]:
