@@ -13,7 +13,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from generate import CachedModel, StopRule  # noqa: E402
+from generate import CachedModel, Prompt, StopRule, generate_static_cache, hf_generate  # noqa: E402
 from utils import compile_lowered, export_llm, load_config, load_model, lower  # noqa: E402
 
 FAMILIES = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"]
@@ -75,14 +75,24 @@ def eager_cached(gm, batch_size: int, max_seq_len: int, dtype, device="cpu", **o
     return CachedModel(step, gm, batch_size, max_seq_len, dtype, device, **options)
 
 
-def tuned_inductor_cached(model, max_seq_len: int) -> CachedModel:
-    """A tiny model's batch-1 static_v3 step on the GPU through compile_inductor (so with the small-model
-    decode tuning), each step captured as a CUDA graph, as run_llm.py --compiler inductor --cudagraph runs it."""
+def tuned_step_code(family: str) -> tuple:
+    """A tiny model's batch-1 static_v3 step on the GPU through compile_inductor (so with the small-model decode
+    tuning), each step captured as a CUDA graph, as run_llm.py --compiler inductor --cudagraph runs it, generates
+    20 tokens after 10, which must be Hugging Face's; returns the model and the step's compiled code."""
+    from torch._inductor.utils import run_and_get_code
+
     from compile_inductor import compile_with_inductor
 
-    gm = lowered_graph(model, 1, max_seq_len, "static_v3")
+    model, prompt_len, new_tokens = tiny_model(family, "cuda"), 10, 20
+    gm = lowered_graph(model, 1, prompt_len + new_tokens, "static_v3")
     step = compile_with_inductor(gm, argparse.Namespace(batch_size=1, cudagraph=True))
-    return CachedModel(step, gm, 1, max_seq_len, model.dtype, "cuda", cuda_graphs=True)
+    cached = CachedModel(step, gm, 1, prompt_len + new_tokens, model.dtype, "cuda", cuda_graphs=True)
+    ids = prompt_ids(model, 1, prompt_len)
+    stop = StopRule([], 0, stop_on_eos=False)
+    with torch.no_grad():
+        tokens, codes = run_and_get_code(generate_static_cache, cached, Prompt.text(ids), new_tokens, stop)
+    assert torch.equal(tokens, hf_generate(model, ids, new_tokens, stop))
+    return model, codes
 
 
 def eos_stop(model) -> StopRule:

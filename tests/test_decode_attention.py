@@ -14,8 +14,7 @@ import torch
 
 import compile_inductor
 import decode_attention
-from conftest import prompt_ids, tiny_model, tuned_inductor_cached
-from generate import Prompt, StopRule, generate_static_cache, hf_generate
+from conftest import tuned_step_code
 from register_sdpa import attention_reference
 
 
@@ -263,21 +262,6 @@ def _launches(codes: list[str], kernel: str) -> int:
     return max(len(re.findall(kernel + r"\w*\.run\(", code)) for code in codes)
 
 
-def _tuned_step_code(family: str) -> tuple:
-    """A tiny model's tuned inductor step on the GPU generates 20 tokens after 10, which must be Hugging Face's;
-    returns the model and the step's compiled code."""
-    from torch._inductor.utils import run_and_get_code
-
-    model, prompt_len, new_tokens = tiny_model(family, "cuda"), 10, 20
-    cached = tuned_inductor_cached(model, prompt_len + new_tokens)
-    ids = prompt_ids(model, 1, prompt_len)
-    stop = StopRule([], 0, stop_on_eos=False)
-    with torch.no_grad():
-        tokens, codes = run_and_get_code(generate_static_cache, cached, Prompt.text(ids), new_tokens, stop)
-    assert torch.equal(tokens, hf_generate(model, ids, new_tokens, stop))
-    return model, codes
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-gemma3"])  # Gemma 3: sliding-window layers
 def test_a_step_with_split_keys_matches_hugging_face(family, monkeypatch):
@@ -285,7 +269,7 @@ def test_a_step_with_split_keys_matches_hugging_face(family, monkeypatch):
     monkeypatch.setattr(compile_inductor, "LONG_DECODE_KERNEL", True)
     monkeypatch.setattr(compile_inductor, "DECODE_KEYS", 16)
     monkeypatch.setattr(decode_attention, "KEYS_PER_BLOCK", 16)
-    model, codes = _tuned_step_code(family)
+    model, codes = tuned_step_code(family)
     assert _launches(codes, "_combine_splits_kernel") == model.config.num_hidden_layers
 
 
@@ -293,5 +277,5 @@ def test_a_step_with_split_keys_matches_hugging_face(family, monkeypatch):
 @pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-gemma3"])  # Gemma 3: sliding-window layers
 def test_the_tuned_step_with_the_kernel_matches_hugging_face(family, monkeypatch):
     monkeypatch.setattr(compile_inductor, "DECODE_ATTENTION_KERNEL", True)
-    model, codes = _tuned_step_code(family)
+    model, codes = tuned_step_code(family)
     assert _launches(codes, "_decode_attention_kernel") == model.config.num_hidden_layers  # once per layer

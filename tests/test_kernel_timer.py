@@ -11,8 +11,7 @@ from torch._inductor.runtime import triton_heuristics
 
 import compile_inductor
 import kernel_timer
-from conftest import prompt_ids, tiny_model, tuned_inductor_cached
-from generate import Prompt, StopRule, generate_static_cache, hf_generate
+from conftest import tuned_step_code
 
 
 class RecordingBenchmarker:
@@ -155,10 +154,4 @@ def test_inductors_tuner_runs_with_the_kernel_time(monkeypatch):
 def test_a_step_tuned_by_kernel_time_matches_hugging_face(monkeypatch):
     monkeypatch.setattr(compile_inductor, "TUNE_BY_KERNEL_TIME", True)
     monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
-    model, prompt_len, new_tokens = tiny_model("tiny-qwen2", "cuda"), 10, 20
-    cached = tuned_inductor_cached(model, prompt_len + new_tokens)
-    ids = prompt_ids(model, 1, prompt_len)
-    stop = StopRule([], 0, stop_on_eos=False)
-    with torch.no_grad():
-        tokens = generate_static_cache(cached, Prompt.text(ids), new_tokens, stop)
-    assert torch.equal(tokens, hf_generate(model, ids, new_tokens, stop))
+    tuned_step_code("tiny-qwen2")  # Hugging Face's tokens
