@@ -3,26 +3,23 @@
 The library is looked for at --plugin_path, then at $TRT_EDGELLM_PLUGIN_PATH, then at
 DEFAULT_PLUGIN_PATH (build it as the README's "Plugin Backend Setup" says). Only `--compiler
 tensorrt` needs it: under eager and inductor the op runs its PyTorch implementation
-(plugin_attention.py). Everything here runs before any weights load.
+(plugin/attention.py). Everything here runs before any weights load.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
-import logging
 import os
 
 import torch
 
-from presets import head_dim
-from utils import UsageError
-
-logger = logging.getLogger("llm_tools")
+from errors import UsageError, logger
+from load.presets import head_dim
+from options import ModelOptions
+from plugin.attention import PLUGIN_NAME, PLUGIN_VERSION
 
 PLUGIN_PATH_ENV = "TRT_EDGELLM_PLUGIN_PATH"
 DEFAULT_PLUGIN_PATH = os.path.expanduser("~/TensorRT-Edge-LLM/build/libNvInfer_edgellm_plugin.so")
-PLUGIN_NAME, PLUGIN_VERSION = "AttentionPlugin", "1"
 PLUGIN_FAMILIES = ("llama", "qwen2", "qwen3")
 PLUGIN_HEAD_SIZES = (64, 128)
 # Compute capabilities the plugin's kernels are built for: not 9.0 (H100, H200).
@@ -30,8 +27,9 @@ PLUGIN_CAPABILITIES = {(8, 0), (8, 6), (8, 7), (8, 9), (10, 0), (10, 1), (12, 0)
 _FALLBACK = "or use --backend sdpa"
 
 
-def plugin_path(args: argparse.Namespace) -> str:
-    return args.plugin_path or os.environ.get(PLUGIN_PATH_ENV) or DEFAULT_PLUGIN_PATH
+def plugin_path(flag: str | None) -> str:
+    """--plugin_path, else $TRT_EDGELLM_PLUGIN_PATH, else DEFAULT_PLUGIN_PATH."""
+    return flag or os.environ.get(PLUGIN_PATH_ENV) or DEFAULT_PLUGIN_PATH
 
 
 def _load_library(path: str) -> None:
@@ -54,27 +52,27 @@ def _is_v2_creator(creator) -> bool:
     return isinstance(creator, trt.IPluginCreator) and getattr(creator, "plugin_version", None) == PLUGIN_VERSION
 
 
-def check_plugin_backend(args: argparse.Namespace, config) -> None:
-    """Fail with one line when the plugin backend cannot serve this run."""
+def check_plugin_backend(model: ModelOptions, compiler: str, plugin_path_flag: str | None, config) -> None:
+    """Fail with one line when the plugin backend cannot serve this run (before any weights load)."""
     family = getattr(config, "model_type", "?")
     if family not in PLUGIN_FAMILIES:
         raise UsageError(f"--backend plugin supports the {', '.join(PLUGIN_FAMILIES)} families, not {family}; "
                          + _FALLBACK)
-    path = plugin_path(args)
-    if args.compiler != "tensorrt":
-        if args.plugin_path is not None and not os.path.isfile(path):
+    path = plugin_path(plugin_path_flag)
+    if compiler != "tensorrt":
+        if plugin_path_flag is not None and not os.path.isfile(path):
             raise UsageError(f"--plugin_path {path} does not exist; build the library (README: Plugin Backend "
                              f"Setup), or leave --plugin_path out to run the plugin op's PyTorch implementation")
         logger.warning("--backend plugin with --compiler %s runs the AttentionPlugin op's PyTorch implementation; "
-                       "the plugin library itself is used by --compiler tensorrt", args.compiler)
+                       "the plugin library itself is used by --compiler tensorrt", compiler)
         return
-    if args.precision != "FP16":
+    if model.precision != "FP16":
         raise UsageError(f"--backend plugin with --compiler tensorrt runs in FP16 only (the plugin's kernels), "
-                         f"not {args.precision}; use --precision FP16, or --compiler eager")
+                         f"not {model.precision}; use --precision FP16, or --compiler eager")
     if head_dim(config) not in PLUGIN_HEAD_SIZES:
-        raise UsageError(f"the AttentionPlugin handles head sizes {PLUGIN_HEAD_SIZES}, and {args.model} has "
+        raise UsageError(f"the AttentionPlugin handles head sizes {PLUGIN_HEAD_SIZES}, and {model.name} has "
                          f"{head_dim(config)}; " + _FALLBACK)
-    capability = torch.cuda.get_device_capability(args.device)
+    capability = torch.cuda.get_device_capability(model.device)
     if capability not in PLUGIN_CAPABILITIES:
         raise UsageError(f"the AttentionPlugin has no kernels for this GPU (compute capability "
                          f"{capability[0]}.{capability[1]}; it covers 8.0, 8.6, 8.7, 8.9, 10.0, 10.1, 12.0, 12.1); "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+
 import torch
 from torch.fx import GraphModule, Node
 
@@ -49,7 +50,7 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     else:
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,
                                                                enable_gqa=q.shape[1] != k.shape[1])
-    return heads_inner(out)
+    return as_sdpa_output_layout(out)
 
 
 @torch.library.custom_op("llm_tools::attention", mutates_args=())
@@ -61,10 +62,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, c
 
 @attention.register_fake
 def _(q, k, v, scale, causal, sliding_window=None, query_positions=None):
-    return heads_inner(torch.empty_like(q))
+    return as_sdpa_output_layout(torch.empty_like(q))
 
 
-def heads_inner(out: torch.Tensor) -> torch.Tensor:
+def as_sdpa_output_layout(out: torch.Tensor) -> torch.Tensor:
     """[B, H, L, D] stored as [B, L, H, D], the layout sdpa's kernels return and the graph views it in."""
     return out.transpose(1, 2).contiguous().transpose(1, 2)
 

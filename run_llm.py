@@ -16,24 +16,28 @@ from __future__ import annotations
 import argparse
 import time
 from functools import partial
+from typing import Callable
 
 import torch
 
 import plugin_utils
-from plugin_model import PluginCausalLM, allocate_plugin_caches, compile_plugin_model, generate_plugin
-from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, format_table, run_benchmark, token_agreement,
-                       write_json)
-from generate import (HFCompiledStep, Prompt, StopRule, generate_no_cache, generate_static_cache, hf_forward_no_cache,
-                      hf_generate)
-from utils import (BASELINES, COMPILER_LABELS, DTYPES, OneLineParser, RunSetup, add_common_arguments, cached_model,
-                   check_positions, compile_lowered, logger, eos_token_ids, export_llm, load_config, load_model,
-                   load_tokenizer, lower, pad_token_id, print_generation, print_match, run_main,
-                   validate_common_arguments)
+from cli import add_common_arguments, new_parser, run_main
+from errors import logger
+from export import export_llm
+from generation.baselines import HFCompiledStep, hf_forward_no_cache, hf_generate
+from generation.loops import Prompt, StopRule, generate_no_cache, generate_static_cache
+from load.models import check_positions, load_config, load_model
+from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
+from options import BASELINES, Options
+from plugin.compile import compile_plugin_model
+from plugin.model import PluginCausalLM, allocate_plugin_caches, generate_plugin
+from report.table import print_generation, print_match, report_benchmark
+from report.timing import copy_bandwidth_tb_s, decode_bytes_per_step, run_benchmark, token_agreement
+from utils import cached_model, compile_lowered, lower
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="run_llm.py", description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser("run_llm.py", __doc__.split("\n\n")[0])
     add_common_arguments(parser, default_model="meta-llama/Llama-3.2-1B-Instruct",
                          default_prompt="What is parallel programming?")
     backend = parser.add_argument_group("backend")
@@ -45,75 +49,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def input_ids_for(args: argparse.Namespace, tokenizer, config) -> torch.Tensor:
+def input_ids_for(options: Options, tokenizer, vocab_size: int) -> torch.Tensor:
     """[B, T]: random tokens of length --isl in benchmark mode, else the prompt once per row."""
-    if args.benchmark:
+    run = options.run
+    if run.benchmark:
         generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, config.vocab_size, (args.batch_size, args.isl), generator=generator)
+        ids = torch.randint(0, vocab_size, (run.batch_size, run.isl), generator=generator)
     else:
-        ids = torch.tensor(tokenizer.encode(args.prompt)).unsqueeze(0).expand(args.batch_size, -1)
-    return ids.to(args.device)
+        ids = torch.tensor(tokenizer.encode(run.prompt)).unsqueeze(0).expand(run.batch_size, -1)
+    return ids.to(options.model.device)
 
 
-def main(args: argparse.Namespace) -> None:
-    validate_common_arguments(args)
-    config = load_config(args)
-    if args.backend == "plugin":
-        plugin_utils.check_plugin_backend(args, config)
-        if args.cache:
-            logger.warning("--cache %s is ignored with --backend plugin: the plugin has its own KV cache", args.cache)
-    tokenizer = load_tokenizer(args, config)
-    input_ids = input_ids_for(args, tokenizer, config)
-    max_seq_len = input_ids.shape[1] + args.num_tokens
+def main(options: Options) -> None:
+    model_options, compile_options, run = options.model, options.compile, options.run
+    plugin = options.backend == "plugin"
+    config = load_config(model_options)
+    if plugin:
+        plugin_utils.check_plugin_backend(model_options, compile_options.compiler, options.plugin_path, config)
+        if compile_options.cache:
+            logger.warning("--cache %s is ignored with --backend plugin: the plugin has its own KV cache",
+                           compile_options.cache)
+    tokenizer = load_tokenizer(model_options, config)
+    input_ids = input_ids_for(options, tokenizer, config.vocab_size)
+    max_seq_len = input_ids.shape[1] + run.num_tokens
     check_positions(config, max_seq_len, "input length + --num_tokens")
 
-    model = load_model(args, config)
+    model = load_model(model_options, config)
     eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
-    label = COMPILER_LABELS[args.compiler] + ("-Plugin" if args.backend == "plugin" else "")
+    label = compile_options.label + ("-Plugin" if plugin else "")
 
     start = time.perf_counter()
-    if args.backend == "plugin":
-        plugin_caches = allocate_plugin_caches(model, args.batch_size, max_seq_len, DTYPES[args.precision], args.device)
-        compiled = compile_plugin_model(PluginCausalLM(model), args, plugin_caches, max_seq_len)
+    if plugin:
+        plugin_caches = allocate_plugin_caches(model, run.batch_size, max_seq_len, model_options.dtype,
+                                               model_options.device)
+        compiled = compile_plugin_model(PluginCausalLM(model), compile_options, plugin_caches, max_seq_len)
     else:
-        lowered = lower(export_llm(model, args.batch_size, max_seq_len), args.cache, max_seq_len)
-        compiled = compile_lowered(lowered, args, max_seq_len)
-        cached = cached_model(compiled, lowered, args, max_seq_len) if args.cache else None
+        lowered = lower(export_llm(model, run.batch_size, max_seq_len), compile_options.cache, max_seq_len)
+        compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
+        cached = (cached_model(compiled, lowered, compile_options, model_options, run.batch_size, max_seq_len)
+                  if compile_options.cache else None)
     build_seconds = time.perf_counter() - start
 
     def stop_rule() -> StopRule:
-        return StopRule(eos, pad, stop_on_eos=not args.benchmark)
+        return StopRule(eos, pad, stop_on_eos=not run.benchmark)
 
     def run_compiled(on_first_token=None) -> torch.Tensor:
         with torch.no_grad():
-            if args.backend == "plugin":
+            if plugin:
                 for cache in plugin_caches:
                     cache.zero_()
-                return generate_plugin(compiled, model, input_ids, args.num_tokens, stop_rule(), plugin_caches,
+                return generate_plugin(compiled, model, input_ids, run.num_tokens, stop_rule(), plugin_caches,
                                        on_first_token)
-            if not args.cache:
-                return generate_no_cache(compiled, Prompt.text(input_ids), args.num_tokens, stop_rule(), on_first_token)
-            return generate_static_cache(cached, Prompt.text(input_ids), args.num_tokens, stop_rule(), on_first_token)
+            if not compile_options.cache:
+                return generate_no_cache(compiled, Prompt.text(input_ids), run.num_tokens, stop_rule(), on_first_token)
+            return generate_static_cache(cached, Prompt.text(input_ids), run.num_tokens, stop_rule(), on_first_token)
 
-    def pytorch_run(baseline: str):
+    def pytorch_run(baseline: str) -> Callable:
         compiled_step = HFCompiledStep(model, max_seq_len) if baseline == "hf_compiled_step" else None
 
-        def run(on_first_token=None) -> torch.Tensor:
+        def run_baseline(on_first_token=None) -> torch.Tensor:
             if baseline in ("hf_dynamic", "hf_static"):
-                return hf_generate(model, input_ids, args.num_tokens, stop_rule(), on_first_token,
+                return hf_generate(model, input_ids, run.num_tokens, stop_rule(), on_first_token,
                                    static_cache=baseline == "hf_static")
             with torch.no_grad():
                 if compiled_step is not None:
-                    return generate_static_cache(compiled_step, Prompt.text(input_ids), args.num_tokens, stop_rule(),
+                    return generate_static_cache(compiled_step, Prompt.text(input_ids), run.num_tokens, stop_rule(),
                                                  on_first_token)
-                return generate_no_cache(hf_forward_no_cache(model), Prompt.text(input_ids), args.num_tokens,
+                return generate_no_cache(hf_forward_no_cache(model), Prompt.text(input_ids), run.num_tokens,
                                          stop_rule(), on_first_token)
-        return run
+        return run_baseline
 
-    if not args.benchmark:
+    if not run.benchmark:
         reference = None
-        if args.enable_pytorch_run:
-            reference = pytorch_run(args.baselines[0])()
+        if run.enable_pytorch_run:
+            reference = pytorch_run(run.baselines[0])()
             print_generation("PyTorch", tokenizer.decode(reference[0].tolist(), skip_special_tokens=True))
         tokens = run_compiled()
         print_generation(label, tokenizer.decode(tokens[0].tolist(), skip_special_tokens=True))
@@ -121,29 +130,25 @@ def main(args: argparse.Namespace) -> None:
             print_match(label, reference, tokens)
         return
 
-    decode_bytes = decode_bytes_per_step(model, args.batch_size, args.isl, args.num_tokens)
-    measure = partial(run_benchmark, device=args.device, iterations=args.iterations, batch_size=args.batch_size,
-                      new_tokens=args.num_tokens, decode_bytes=decode_bytes)
+    decode_bytes = decode_bytes_per_step(model, run.batch_size, run.isl, run.num_tokens)
+    measure = partial(run_benchmark, device=model_options.device, iterations=run.iterations,
+                      batch_size=run.batch_size, new_tokens=run.num_tokens, decode_bytes=decode_bytes)
     measured = {}
-    if args.enable_pytorch_run:
-        for baseline in args.baselines:
+    if run.enable_pytorch_run:
+        for baseline in run.baselines:
             measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
-    compiled_row = label if args.backend == "plugin" else f"{label}, {args.cache or 'no cache'}"
-    compiled_row += ", CUDA graphs" if args.cudagraph else ""
+    compiled_row = label if plugin else f"{label}, {compile_options.cache or 'no cache'}"
+    compiled_row += ", CUDA graphs" if compile_options.cudagraph else ""
     measured[compiled_row] = measure(run_compiled, build_s=build_seconds)
-    reference = next(iter(measured.values())).tokens if args.enable_pytorch_run else None
-    if reference is not None:
+    footnotes = []
+    if run.enable_pytorch_run:
+        reference = next(iter(measured.values())).tokens
         for other in list(measured.values())[1:]:
-            other.figures["token_agreement"] = token_agreement(reference, other.tokens, args.isl)
-
-    setup = RunSetup.from_args(args)
-    notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(args.device), "decode_bytes_per_step_gb": decode_bytes / 1e9}
-    results = {name: row.figures for name, row in measured.items()}
-    print(format_table(setup, results, notes))
-    if reference is not None:
-        print(f"tokens = ref: share of new tokens equal to the first row's ({args.baselines[0]})")
-    if args.output_json:
-        write_json(args.output_json, setup, results, {**notes, "build_seconds": build_seconds})
+            other.figures["token_agreement"] = token_agreement(reference, other.tokens, run.isl)
+        footnotes.append(f"tokens = ref: share of new tokens equal to the first row's ({run.baselines[0]})")
+    notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(model_options.device),
+             "decode_bytes_per_step_gb": decode_bytes / 1e9}
+    report_benchmark(options, {name: row.figures for name, row in measured.items()}, notes, footnotes, build_seconds)
 
 
 if __name__ == "__main__":

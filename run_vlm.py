@@ -5,10 +5,10 @@
     python run_vlm.py --model tiny-qwen2.5-vl --compiler eager --cache static_v2 --precision FP32 \\
         --num_tokens 16 --enable_pytorch_run        # CPU only, no download
 
-The image goes through the model's vision tower in PyTorch; its embeddings replace the image
-tokens' rows of the prompt embeddings, and the language model goes through the same stages as in
-run_llm.py (export, register_sdpa, the --cache pass, --compiler). With no --image_path a sample
-image is made here.
+The image goes through the model's vision tower (compiled for Eagle2, in PyTorch for Qwen2.5-VL);
+its embeddings replace the image tokens' rows of the prompt embeddings, and the language model goes
+through the same stages as in run_llm.py (export, register_sdpa, the --cache pass, --compiler).
+With no --image_path a sample image is made here.
 """
 
 from __future__ import annotations
@@ -19,69 +19,86 @@ from functools import partial
 
 import torch
 
-from benchmark import (copy_bandwidth_tb_s, decode_bytes_per_step, device_sync, format_table, run_benchmark, summarize,
-                       token_agreement, write_json)
-from generate import StopRule, generate_no_cache, generate_static_cache
-from utils import (COMPILER_LABELS, OneLineParser, RunSetup, UsageError, add_common_arguments, cached_model,
-                   check_positions, compile_lowered, eos_token_ids, export_llm, load_config, load_tokenizer, lower,
-                   pad_token_id, print_generation, print_match, run_main, validate_common_arguments)
-from vlm import FAMILIES, load_image
+from cli import add_common_arguments, new_parser, options_from_args, run_main
+from errors import UsageError
+from export import export_llm
+from generation.loops import StopRule, generate_no_cache, generate_static_cache
+from load.models import check_positions, load_config
+from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
+from options import Options
+from report.table import print_generation, print_match, report_benchmark
+from report.timing import (
+    copy_bandwidth_tb_s,
+    decode_bytes_per_step,
+    device_sync,
+    run_benchmark,
+    summarize,
+    token_agreement,
+)
+from utils import cached_model, compile_lowered, lower
+from vlm.families import FAMILIES
+from vlm.images import load_image
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="run_vlm.py", description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = new_parser("run_vlm.py", __doc__.split("\n\n")[0])
     add_common_arguments(parser, default_model="nvidia/Eagle2-2B", default_prompt="Describe this image.")
     parser.add_argument("--image_path", default=None, help="input image; a sample image is made when left out")
     return parser
 
 
-def text_ids(args: argparse.Namespace, tokenizer, vocab_size: int) -> list[int]:
-    """The text after the image: --prompt, or --isl random tokens in benchmark mode."""
-    if args.benchmark:
-        generator = torch.Generator().manual_seed(0)
-        return torch.randint(0, min(vocab_size, 256), (args.isl,), generator=generator).tolist()
-    return list(tokenizer.encode(args.prompt))
-
-
-def main(args: argparse.Namespace) -> None:
-    if args.baselines not in (None, ["hf_dynamic"]):  # before validation, which picks the GPU benchmark's default
+def vlm_options(args: argparse.Namespace) -> Options:
+    """run_vlm.py's checks on top of the common ones: each model's own PyTorch run, FP16 or FP32."""
+    if args.baselines not in (None, ["hf_dynamic"]):
         raise UsageError("run_vlm.py compares with each model's own PyTorch run only; leave out --baselines")
-    args.baselines = ["hf_dynamic"]
-    validate_common_arguments(args)
     if args.precision not in ("FP16", "FP32"):
         raise UsageError(f"run_vlm.py runs its models in FP16 or FP32, not {args.precision}; use --precision FP16")
-    config = load_config(args)
+    return options_from_args(args, default_baselines=("hf_dynamic",))
+
+
+def text_ids(options: Options, tokenizer, vocab_size: int) -> list[int]:
+    """The text after the image: --prompt, or --isl random tokens in benchmark mode."""
+    if options.run.benchmark:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randint(0, min(vocab_size, 256), (options.run.isl,), generator=generator).tolist()
+    return list(tokenizer.encode(options.run.prompt))
+
+
+def main(options: Options) -> None:
+    model_options, compile_options, run = options.model, options.compile, options.run
+    config = load_config(model_options)
     family = FAMILIES.get(getattr(config, "model_type", None))
     if family is None:
-        raise UsageError(f"run_vlm.py supports Qwen2.5-VL and Eagle2, not {args.model} "
+        raise UsageError(f"run_vlm.py supports Qwen2.5-VL and Eagle2, not {model_options.name} "
                          f"({getattr(config, 'model_type', '?')}); use run_llm.py for text-only models")
-    image = load_image(args.image_path)
+    image = load_image(options.image_path)
     text_config = config.get_text_config()
-    tokenizer = load_tokenizer(args, text_config)
+    tokenizer = load_tokenizer(model_options, text_config)
 
-    vlm = family.load(args, config)
-    inputs = vlm.inputs(image, text_ids(args, tokenizer, text_config.vocab_size), args.batch_size, args.device)
+    vlm = family.load(model_options, config)
+    inputs = vlm.inputs(image, text_ids(options, tokenizer, text_config.vocab_size), run.batch_size,
+                        model_options.device)
     prompt_len = inputs.input_ids.shape[1]
-    max_seq_len = prompt_len + args.num_tokens
+    max_seq_len = prompt_len + run.num_tokens
     check_positions(text_config, max_seq_len, "image and text tokens + --num_tokens")
     eos, pad = eos_token_ids(tokenizer, text_config), pad_token_id(tokenizer, text_config)
-    label = COMPILER_LABELS[args.compiler]
+    label = compile_options.label
 
     start = time.perf_counter()
-    vlm.compile_vision(args)
+    vlm.compile_vision(compile_options, model_options, run.batch_size)
     language_model = vlm.language_model()
-    lowered = lower(export_llm(language_model, args.batch_size, max_seq_len, embeds=True,
-                               position_rows=vlm.position_rows), args.cache, max_seq_len)
-    compiled = compile_lowered(lowered, args, max_seq_len)
-    cached = cached_model(compiled, lowered, args, max_seq_len) if args.cache else None
+    lowered = lower(export_llm(language_model, run.batch_size, max_seq_len, embeds=True,
+                               position_rows=vlm.position_rows), compile_options.cache, max_seq_len)
+    compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
+    cached = (cached_model(compiled, lowered, compile_options, model_options, run.batch_size, max_seq_len)
+              if compile_options.cache else None)
     build_seconds = time.perf_counter() - start
 
     def stop_rule() -> StopRule:
-        return StopRule(eos, pad, stop_on_eos=not args.benchmark)
+        return StopRule(eos, pad, stop_on_eos=not run.benchmark)
 
     vision_ms: list[float] = []
-    sync = device_sync(args.device)
+    sync = device_sync(model_options.device)
 
     def run_compiled(on_first_token=None) -> torch.Tensor:
         with torch.no_grad():
@@ -90,16 +107,16 @@ def main(args: argparse.Namespace) -> None:
             sync()
             vision_ms.append((time.perf_counter() - began) * 1e3)
             prompt = vlm.prompt(inputs, image_embeds)
-            if not args.cache:
-                return generate_no_cache(compiled, prompt, args.num_tokens, stop_rule(), on_first_token)
-            return generate_static_cache(cached, prompt, args.num_tokens, stop_rule(), on_first_token)
+            if not compile_options.cache:
+                return generate_no_cache(compiled, prompt, run.num_tokens, stop_rule(), on_first_token)
+            return generate_static_cache(cached, prompt, run.num_tokens, stop_rule(), on_first_token)
 
     def run_pytorch(on_first_token=None) -> torch.Tensor:
-        return vlm.reference(inputs, args.num_tokens, stop_rule(), on_first_token)
+        return vlm.reference(inputs, run.num_tokens, stop_rule(), on_first_token)
 
-    if not args.benchmark:
+    if not run.benchmark:
         reference = None
-        if args.enable_pytorch_run:
+        if run.enable_pytorch_run:
             reference = run_pytorch()
             print_generation("PyTorch", tokenizer.decode(reference[0, prompt_len:].tolist(), skip_special_tokens=True))
         tokens = run_compiled()
@@ -108,28 +125,24 @@ def main(args: argparse.Namespace) -> None:
             print_match(label, reference, tokens)
         return
 
-    decode_bytes = decode_bytes_per_step(language_model, args.batch_size, prompt_len, args.num_tokens)
-    measure = partial(run_benchmark, device=args.device, iterations=args.iterations, batch_size=args.batch_size,
-                      new_tokens=args.num_tokens, decode_bytes=decode_bytes)
+    decode_bytes = decode_bytes_per_step(language_model, run.batch_size, prompt_len, run.num_tokens)
+    measure = partial(run_benchmark, device=model_options.device, iterations=run.iterations,
+                      batch_size=run.batch_size, new_tokens=run.num_tokens, decode_bytes=decode_bytes)
     measured = {}
     reference_row = f"PyTorch ({vlm.reference_label})"
-    if args.enable_pytorch_run:
+    if run.enable_pytorch_run:
         measured[reference_row] = measure(run_pytorch)
-    row = f"{label}, {args.cache or 'no cache'}" + (", CUDA graphs" if args.cudagraph else "")
+    row = f"{label}, {compile_options.cache or 'no cache'}" + (", CUDA graphs" if compile_options.cudagraph else "")
     measured[row] = measure(run_compiled, build_s=build_seconds)
-    measured[row].figures["vision_encoder_ms"] = summarize(vision_ms[-args.iterations:])
-    if args.enable_pytorch_run:
+    measured[row].figures["vision_encoder_ms"] = summarize(vision_ms[-run.iterations:])
+    if run.enable_pytorch_run:
         measured[row].figures["token_agreement"] = token_agreement(measured[reference_row].tokens,
                                                                    measured[row].tokens, prompt_len)
-    setup = RunSetup.from_args(args)
-    notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(args.device), "prompt_tokens": prompt_len}
-    results = {name: m.figures for name, m in measured.items()}
-    print(format_table(setup, results, notes))
-    vision = COMPILER_LABELS[args.compiler] if vlm.compiles_vision else "PyTorch"
-    print(f"vision ms: the vision encoder ({vision}) alone; TTFT includes it")
-    if args.output_json:
-        write_json(args.output_json, setup, results, {**notes, "build_seconds": build_seconds})
+    vision = label if vlm.compiles_vision else "PyTorch"
+    notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(model_options.device), "prompt_tokens": prompt_len}
+    report_benchmark(options, {name: m.figures for name, m in measured.items()}, notes,
+                     [f"vision ms: the vision encoder ({vision}) alone; TTFT includes it"], build_seconds)
 
 
 if __name__ == "__main__":
-    run_main(main, build_parser())
+    run_main(main, build_parser(), vlm_options)

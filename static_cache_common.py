@@ -101,16 +101,3 @@ def cache_inputs(gm: GraphModule) -> list[Node]:
     """The cache placeholders of a graph that went through a static cache pass, in input order."""
     return [n for n in gm.graph.find_nodes(op="placeholder") if n.name.startswith((KEY_CACHE, VALUE_CACHE))]
 
-
-def register_cache_pass(insert: Callable[[GraphModule], GraphModule]) -> None:
-    """Register a cache pass as a Torch-TensorRT lowering pass, on request only.
-
-    It is not registered on import: a global cache pass would also add caches to every other
-    graph compiled in the process (a vision tower, say). Graphs that already have caches are left alone.
-    """
-    from torch_tensorrt.dynamo.lowering.passes._aten_lowering_pass import _aten_lowering_pass
-
-    def static_cache_pass(gm: GraphModule, settings) -> GraphModule:
-        return gm if cache_inputs(gm) else insert(gm)
-
-    _aten_lowering_pass(static_cache_pass)

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 from torch.fx import Graph, GraphModule, Node
 
-from static_cache_common import add_static_cache, register_cache_pass, cat_seq, slice_seq, to_end
+from static_cache_common import add_static_cache, cat_seq, slice_seq, to_end
 
 
-def _join(graph: Graph, new: Node, cache: Node, start: Node, end: Node) -> tuple[Node, Node]:
+def _attend_prefix_and_new(graph: Graph, new: Node, cache: Node, start: Node, end: Node) -> tuple[Node, Node]:
     attended = cat_seq(graph, [slice_seq(graph, cache, 0, start), new])
     return attended, cat_seq(graph, [attended, to_end(graph, cache, end)])
 
 
 def insert_static_cache_v2(gm: GraphModule, max_seq_len: int) -> GraphModule:
-    return add_static_cache(gm, max_seq_len, _join, "static_cache_v2")
+    return add_static_cache(gm, max_seq_len, _attend_prefix_and_new, "static_cache_v2")
 
-
-def register_with_torch_tensorrt(max_seq_len: int) -> None:
-    """Run this pass inside every later torch_tensorrt.dynamo.compile of this process (see static_cache_common)."""
-    register_cache_pass(lambda gm: insert_static_cache_v2(gm, max_seq_len))

@@ -3,28 +3,29 @@
     python benchmarks/profile_step.py --model Qwen/Qwen2.5-0.5B-Instruct --random_weights --precision FP16 \\
         --compiler inductor --isl 128 --num_tokens 128
 
-Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever is passed), and
-`--inductor_config name=value ...` to try inductor options (e.g. combo_kernels=True,
-coordinate_descent_tuning=True) before making one of them compile_inductor.py's default, and
-`--plain_inductor` to compile without its small-model decode tuning (the comparison for it), and
-`--attention_sums` to give that tuned step's decode attention as inductor's sums of products instead
-of decode_attention.py's Triton kernel (the comparison for the kernel), and `--inductor_timer` to
-tune its kernels with inductor's own timer around their launch rather than by their GPU time
-(kernel_timer.py, the comparison for it; compile with an empty inductor cache, e.g.
-TORCHINDUCTOR_CACHE_DIR set to a new folder, or the earlier tuning is reused), and
-`--long_decode_sdpa` to give decode attention over a long cache as sdpa rather than
-decode_attention.py's split kernels (compile_inductor.LONG_DECODE_KERNEL, the comparison for them). Prints
-the decode step's time in the generation loop (host included: run_llm.py's TPOT, median over
---iterations), the captured step replayed back to back (the GPU alone: the gap between the two is
-host time), the step's kernel count and summed kernel time (the gap to the replay time is the GPU
-idling between kernels; with programmatic dependent launch a kernel starts before the one before it
-ends, so the sum can exceed the replay time), what the loop itself runs on the GPU at each decode
-step besides the step (input copies, positions, the argmax), and the kernels that take most.
+Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever is passed), and:
+  --inductor_config name=value ...  inductor options to try (e.g. combo_kernels=True) before making
+                                    one of them compilers/inductor.py's default
+  --plain_inductor     no small-model decode tuning: inductor's defaults and cuBLAS
+  --attention_sums     the tuned step's short decode attention as inductor's sums, not the kernel
+  --inductor_timer     tune with inductor's timer around each launch, not by kernel time (compile
+                       with an empty inductor cache, e.g. a new TORCHINDUCTOR_CACHE_DIR)
+  --long_decode_sdpa   decode attention over a long cache as sdpa, not the split kernels
+Each of the four builds a DecodeTuning with that choice off (docs/decode_tuning.md says what each
+compares). It prints:
+  - the decode step in the generation loop (host included: run_llm.py's TPOT, median of --iterations);
+  - the captured step replayed back to back (the GPU alone: the gap to the loop is host time);
+  - the step's kernel count and summed kernel time (the gap to the replay is the GPU idling between
+    kernels; with programmatic dependent launch kernels overlap, so the sum can exceed the replay);
+  - what the loop runs on the GPU at each step besides the step (input copies, positions, argmax);
+  - the kernels that take most.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import dataclasses
 import os
 import sys
 
@@ -32,13 +33,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import compile_inductor  # noqa: E402
 import run_llm  # noqa: E402
-from benchmark import run_benchmark, time_generation  # noqa: E402
-from generate import Prompt, StopRule, generate_static_cache  # noqa: E402
-from kernel_timer import gpu_work  # noqa: E402
-from utils import (UsageError, cached_model, compile_lowered, export_llm, load_config, load_model, lower,  # noqa: E402
-                   run_main, validate_common_arguments)
+from cli import options_from_args, run_main  # noqa: E402
+from compilers.kernel_timer import gpu_work  # noqa: E402
+from errors import UsageError  # noqa: E402
+from export import export_llm  # noqa: E402
+from generation.loops import Prompt, StopRule, generate_static_cache  # noqa: E402
+from load.models import load_config, load_model  # noqa: E402
+from options import Options  # noqa: E402
+from report.timing import run_benchmark, time_generation  # noqa: E402
+from utils import cached_model, compile_lowered, lower  # noqa: E402
 
 REPLAYS = 100  # back-to-back replays timed together
 PROFILED = 5  # replays under the profiler, averaged
@@ -63,39 +67,48 @@ def set_inductor_options(options: list[str]) -> None:
         setattr(owner, leaf, value)
 
 
-def main(args) -> None:
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not (args.device.startswith("cuda") and torch.cuda.is_available()):
+# flag -> the DecodeTuning field it turns off
+COMPARISONS = {"plain_inductor": "small_model_parameters", "attention_sums": "decode_attention_kernel",
+               "inductor_timer": "tune_by_kernel_time", "long_decode_sdpa": "long_decode_kernel"}
+
+
+def profile_options(args: argparse.Namespace) -> Options:
+    """run_llm.py's options for a static_v3 benchmark with CUDA graphs, with the comparisons' tuning."""
+    if args.compiler == "tensorrt" or args.backend == "plugin":
+        raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not (device.startswith("cuda") and torch.cuda.is_available()):
         raise UsageError("profiling captures CUDA graphs and needs a CUDA device; pass --device cuda on a GPU")
     if args.num_tokens < 2:
         raise UsageError(f"--num_tokens {args.num_tokens} leaves no decode step to profile; use 2 or more")
-    args.cache, args.cudagraph, args.benchmark = "static_v3", True, True
-    validate_common_arguments(args)
+    options = options_from_args(argparse.Namespace(**{**vars(args), "device": device, "cache": "static_v3",
+                                                      "cudagraph": True, "benchmark": True}))
+    tuning = options.compile.tuning
+    off = {field: 0 if field == "small_model_parameters" else False
+           for flag, field in COMPARISONS.items() if getattr(args, flag)}
+    compile_options = dataclasses.replace(options.compile, tuning=dataclasses.replace(tuning, **off))
+    return dataclasses.replace(options, compile=compile_options)
+
+
+def main(args: argparse.Namespace) -> None:
+    options = profile_options(args)
     set_inductor_options(args.inductor_config)
-    if args.plain_inductor:
-        compile_inductor.SMALL_MODEL_PARAMETERS = 0  # no model is small enough: inductor's defaults, cuBLAS
-    if args.attention_sums:
-        compile_inductor.DECODE_ATTENTION_KERNEL = False
-    if args.inductor_timer:
-        compile_inductor.TUNE_BY_KERNEL_TIME = False
-    if args.long_decode_sdpa:
-        compile_inductor.LONG_DECODE_KERNEL = False
-    if args.compiler == "tensorrt" or args.backend == "plugin":
-        raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
-    config = load_config(args)
-    input_ids = run_llm.input_ids_for(args, None, config)
-    max_seq_len = args.isl + args.num_tokens
-    model = load_model(args, config)
-    lowered = lower(export_llm(model, args.batch_size, max_seq_len), args.cache, max_seq_len)
-    cached = cached_model(compile_lowered(lowered, args, max_seq_len), lowered, args, max_seq_len)
+    model_options, compile_options, run = options.model, options.compile, options.run
+    config = load_config(model_options)
+    input_ids = run_llm.input_ids_for(options, None, config.vocab_size)
+    max_seq_len = run.isl + run.num_tokens
+    model = load_model(model_options, config)
+    lowered = lower(export_llm(model, run.batch_size, max_seq_len), compile_options.cache, max_seq_len)
+    compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
+    cached = cached_model(compiled, lowered, compile_options, model_options, run.batch_size, max_seq_len)
 
     def generate(on_first_token=None) -> torch.Tensor:
         with torch.no_grad():
-            return generate_static_cache(cached, Prompt.text(input_ids), args.num_tokens, StopRule([], 0, False),
+            return generate_static_cache(cached, Prompt.text(input_ids), run.num_tokens, StopRule([], 0, False),
                                          on_first_token)
 
     # the benchmark's own measurement: a warm-up run (compiles and captures), then --iterations timed runs
-    figures = run_benchmark(generate, args.device, args.iterations, args.batch_size, args.num_tokens).figures
+    figures = run_benchmark(generate, model_options.device, run.iterations, run.batch_size, run.num_tokens).figures
     # the decode step: one token per sequence over the whole cache (a one-token prefill sees a prefix)
     decode_graph = next(graph for (inputs, _, cache), (graph, *_) in cached.model.graphs.items()
                         if inputs[1] == 1 and cache[2] == max_seq_len)
@@ -105,15 +118,14 @@ def main(args) -> None:
     kernels = gpu_work(lambda: [decode_graph.replay() for _ in range(PROFILED)], PROFILED)  # per step
     kernel_us = sum(us for _, us in kernels.values())
     # the loop's own GPU work: what a generation runs once per decode step besides the step's graph
-    decode_steps = args.num_tokens - 1
+    decode_steps = run.num_tokens - 1
     outside = {name: (calls / decode_steps, us / decode_steps) for name, (calls, us) in gpu_work(generate, 1).items()
                if name not in kernels and calls >= decode_steps}
 
-    flags = [flag for flag, on in (("--plain_inductor", args.plain_inductor), ("--attention_sums", args.attention_sums),
-                                   ("--inductor_timer", args.inductor_timer),
-                                   ("--long_decode_sdpa", args.long_decode_sdpa)) if on]
-    options = " ".join(args.inductor_config + flags)
-    print(f"{args.model}, batch {args.batch_size}, cache of {max_seq_len}, {args.precision}, {args.compiler} {options}")
+    flags = [f"--{flag}" for flag in COMPARISONS if getattr(args, flag)]
+    tried = " ".join(args.inductor_config + flags)
+    print(f"{model_options.name}, batch {run.batch_size}, cache of {max_seq_len}, {model_options.precision}, "
+          f"{compile_options.compiler} {tried}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
     print(f"decode step in the generation loop: {loop_us:8.1f} us  (prefill {prefill_ms:.2f} ms)")
     print(f"decode step replayed back to back:  {replay_us:8.1f} us")
@@ -132,14 +144,11 @@ if __name__ == "__main__":
     parser.add_argument("--inductor_config", nargs="*", default=[], metavar="NAME=VALUE",
                         help="torch._inductor.config options for this run, e.g. combo_kernels=True")
     parser.add_argument("--plain_inductor", action="store_true",
-                        help="compile without compile_inductor.py's small-model decode tuning, to compare with it")
+                        help="compile without the small-model decode tuning, to compare with it")
     parser.add_argument("--attention_sums", action="store_true",
-                        help="the tuned step's decode attention as inductor's sums, not decode_attention.py's "
-                             "kernel, to compare with it")
+                        help="the tuned step's decode attention as inductor's sums, not the Triton kernel")
     parser.add_argument("--inductor_timer", action="store_true",
-                        help="time the tuned step's candidate kernels with inductor's timer around their launch, "
-                             "not by their GPU time (kernel_timer.py), to compare with it")
+                        help="tune the step's kernels with inductor's timer around their launch, not by GPU time")
     parser.add_argument("--long_decode_sdpa", action="store_true",
-                        help="decode attention over a cache longer than compile_inductor.DECODE_KEYS as sdpa, "
-                             "not decode_attention.py's split kernels, to compare with them")
-    run_main(main, parser)
+                        help="decode attention over a long cache as sdpa, not the split Triton kernels")
+    run_main(main, parser, to_options=lambda args: args)

@@ -21,9 +21,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
-           ("e2e_tokens_per_s", "E2E tok/s"), ("decode_bandwidth_tb_s", "decode TB/s"), ("peak_memory_gb", "peak GB"),
-           ("compile_s", "compile s"), ("token_agreement", "tokens = first row")]
+sys.path.insert(0, ROOT)
+
+from report.table import cell, present_columns  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,12 +57,6 @@ def command_for(args: argparse.Namespace, model: str, isl: int, osl: int, batch_
     return command + ["--output_json", json_path]
 
 
-def cell(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value['median'] if isinstance(value, dict) else value:.2f}"
-
-
 def measured_before(json_path: str, shown: str) -> bool:
     """Whether json_path holds the results of this very command (what --resume keeps)."""
     if not os.path.exists(json_path):
@@ -86,11 +80,24 @@ def run_configuration(command: list[str], json_path: str, timeout: int) -> str |
         return "failed: " + (log.read().strip().splitlines() or ["no output"])[-1]
 
 
+def table(rows: list[tuple[str, str, dict | str, str]]) -> str:
+    """results.md: one line per backend of each configuration (or its failure), with the command that ran it."""
+    columns = present_columns(figures for _, _, figures, _ in rows if isinstance(figures, dict))
+    lines = ["| model | batch | ISL/OSL | backend | " + " | ".join(title for _, title in columns) + " | command |",
+             "|---" * (len(columns) + 5) + "|"]
+    for configuration, backend, figures, shown in rows:
+        if isinstance(figures, dict):
+            cells = " | ".join(cell(figures.get(key)) for key, _ in columns)
+        else:  # why the configuration failed
+            backend, cells = figures, " |" * (len(columns) - 1)
+        lines.append(f"| {configuration} | {backend} | {cells} | `{shown}` |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse_args()
     os.makedirs(args.out, exist_ok=True)
-    lines = ["| model | batch | ISL/OSL | backend | " + " | ".join(title for _, title in COLUMNS) + " | command |",
-             "|---" * (len(COLUMNS) + 5) + "|"]
+    rows = []
     for model in args.models:
         for shape in args.shapes:
             isl, osl = (int(n) for n in shape.split("/"))
@@ -98,6 +105,7 @@ def main() -> None:
                 json_path = os.path.join(args.out, f"{model.replace('/', '_')}_b{batch_size}_{isl}_{osl}.json")
                 command = command_for(args, model, isl, osl, batch_size, json_path)
                 shown = shlex.join(command[:-2])
+                configuration = f"{model} | {batch_size} | {isl}/{osl}"
                 if args.resume and measured_before(json_path, shown):
                     print(f"kept: {json_path}", flush=True)
                 else:
@@ -105,18 +113,15 @@ def main() -> None:
                     failure = run_configuration(command, json_path, args.timeout)
                     if failure is not None:
                         print(failure, file=sys.stderr)
-                        lines.append(f"| {model} | {batch_size} | {isl}/{osl} | {failure} |" + " |" * len(COLUMNS)
-                                     + f" `{shown}` |")
+                        rows.append((configuration, "", failure, shown))
                         continue
                 with open(json_path) as f:
                     results = json.load(f)["results"]
-                for backend, figures in results.items():
-                    cells = " | ".join(cell(figures.get(key)) for key, _ in COLUMNS)
-                    lines.append(f"| {model} | {batch_size} | {isl}/{osl} | {backend} | {cells} | `{shown}` |")
-    table = "\n".join(lines)
+                rows += [(configuration, backend, figures, shown) for backend, figures in results.items()]
+    text = table(rows)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+        f.write(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import sys
@@ -13,8 +12,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from generate import CachedModel, Prompt, StopRule, generate_static_cache, hf_generate  # noqa: E402
-from utils import compile_lowered, export_llm, load_config, load_model, lower  # noqa: E402
+from compilers.decode_tuning import DecodeTuning  # noqa: E402
+from export import export_llm  # noqa: E402
+from generation.baselines import hf_generate  # noqa: E402
+from generation.loops import CachedModel, Prompt, StopRule, generate_static_cache  # noqa: E402
+from load.models import load_config, load_model  # noqa: E402
+from options import CompileOptions, ModelOptions  # noqa: E402
+from utils import compile_lowered, lower  # noqa: E402
 
 FAMILIES = ["tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma3"]
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -36,8 +40,8 @@ def tiny_model(name: str, device: str = "cpu", precision: str = "FP32"):
     """A tiny preset model (built once per name, device and precision)."""
     key = (name, device, precision)
     if key not in _models:
-        args = argparse.Namespace(model=name, random_weights=False, precision=precision, device=device, tokenizer=None)
-        _models[key] = load_model(args, load_config(args))
+        options = ModelOptions(name, precision, device)
+        _models[key] = load_model(options, load_config(options))
     return _models[key]
 
 
@@ -71,21 +75,21 @@ def script_module(*path: str):
 
 def eager_cached(gm, batch_size: int, max_seq_len: int, dtype, device="cpu", **options) -> CachedModel:
     """The lowered graph, uncompiled, with its caches: called as run_llm.py calls a compiled one."""
-    step = compile_lowered(gm, argparse.Namespace(compiler="eager"), max_seq_len)
+    step = compile_lowered(gm, CompileOptions("eager"), ModelOptions("", device=device), max_seq_len)
     return CachedModel(step, gm, batch_size, max_seq_len, dtype, device, **options)
 
 
-def tuned_step_code(family: str) -> tuple:
-    """A tiny model's batch-1 static_v3 step on the GPU through compile_inductor (so with the small-model decode
-    tuning), each step captured as a CUDA graph, as run_llm.py --compiler inductor --cudagraph runs it, generates
-    20 tokens after 10, which must be Hugging Face's; returns the model and the step's compiled code."""
+def tuned_step_code(family: str, tuning: DecodeTuning = DecodeTuning()) -> tuple:
+    """A tiny model's batch-1 static_v3 step on the GPU through compilers/inductor.py (so with the small-model
+    decode tuning, `tuning`), each step captured as a CUDA graph, as run_llm.py --compiler inductor --cudagraph
+    runs it, generates 20 tokens after 10, which must be Hugging Face's; returns the model and the step's code."""
     from torch._inductor.utils import run_and_get_code
 
-    from compile_inductor import compile_with_inductor
+    from compilers.inductor import compile_with_inductor
 
     model, prompt_len, new_tokens = tiny_model(family, "cuda"), 10, 20
     gm = lowered_graph(model, 1, prompt_len + new_tokens, "static_v3")
-    step = compile_with_inductor(gm, argparse.Namespace(batch_size=1, cudagraph=True))
+    step = compile_with_inductor(gm, cudagraph=True, tuning=tuning)
     cached = CachedModel(step, gm, 1, prompt_len + new_tokens, model.dtype, "cuda", cuda_graphs=True)
     ids = prompt_ids(model, 1, prompt_len)
     stop = StopRule([], 0, stop_on_eos=False)

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import decode_attention  # noqa: E402
+from compilers import decode_attention  # noqa: E402
 
 
 class CountedLaunches:

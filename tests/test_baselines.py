@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import eos_stop, prompt_ids, tiny_model
-from generate import HFCompiledStep, Prompt, generate_static_cache, hf_generate
+from generation.baselines import HFCompiledStep, hf_generate
+from generation.loops import Prompt, generate_static_cache
 
 PROMPT_LEN, NEW_TOKENS = 10, 14
 

@@ -165,19 +165,16 @@ def test_profile_step_counts_the_kernels_of_every_layer():
 @pytest.mark.parametrize("capability, refused", [((9, 0), True), ((8, 6), False), ((12, 0), False)])
 def test_tensorrt_rtx_on_a_gpu_it_cannot_run_on(monkeypatch, capability, refused):
     """With only torch-tensorrt-rtx installed, a compute capability 9.0 GPU is refused before any loading."""
-    import argparse
+    import cli
 
-    import utils
-
-    monkeypatch.setattr(utils, "_installed", lambda name: name == "torch-tensorrt-rtx")
-    monkeypatch.setattr(utils.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(utils.torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(utils.importlib.util, "find_spec", lambda name: object())
-    args = argparse.Namespace(num_tokens=1, batch_size=1, iterations=1, isl=1, min_block_size=1, device="cuda",
-                              compiler="tensorrt", cudagraph=False, baselines=None, benchmark=False)
+    monkeypatch.setattr(cli, "_installed", lambda name: name == "torch-tensorrt-rtx")
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cli.torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: object())
+    args = script_module("run_llm.py").build_parser().parse_args(["--device", "cuda", "--compiler", "tensorrt"])
     if not refused:
-        utils.validate_common_arguments(args)
+        assert cli.options_from_args(args).compile.compiler == "tensorrt"
         return
-    with pytest.raises(utils.UsageError, match=r"torch-tensorrt-rtx .* \(compute capability 9\.0\); install "
-                                               r"torch-tensorrt instead, or use --compiler inductor"):
-        utils.validate_common_arguments(args)
+    with pytest.raises(cli.UsageError, match=r"torch-tensorrt-rtx .* \(compute capability 9\.0\); install "
+                                             r"torch-tensorrt instead, or use --compiler inductor"):
+        cli.options_from_args(args)

@@ -12,8 +12,8 @@ import tempfile
 import pytest
 import torch
 
-import compile_inductor
-import decode_attention
+from compilers import decode_attention, inductor
+from compilers.decode_tuning import Attention, DecodeTuning, choose_attention
 from conftest import tuned_step_code
 from register_sdpa import attention_reference
 
@@ -244,15 +244,17 @@ def test_the_kernel_as_inductor_writes_it_out_compiles_for_hopper(tmp_path, monk
 def test_off_the_gpu_the_tuned_attention_is_the_sums():
     q, k, v = _inputs(14, 2, 1, 40, torch.float32)
     args = (q, k, v, 0.3, True, None, torch.tensor([9]))
-    torch.testing.assert_close(compile_inductor.attention_for_small_decode(*args),
-                               compile_inductor.attention_for_inductor(*args), atol=0, rtol=0)
+    assert choose_attention(q, k, v, True, args[-1], DecodeTuning(), tuned_step=True) is Attention.SUMS
+    torch.testing.assert_close(inductor.attention_for_inductor(DecodeTuning(), tuned_step=True)(*args),
+                               inductor.attention_as_sums(*args), atol=0, rtol=0)
 
 
-def test_off_the_gpu_a_long_decode_is_sdpa(monkeypatch):
-    monkeypatch.setattr(compile_inductor, "LONG_DECODE_KERNEL", True)
-    q, k, v = _inputs(14, 2, 1, compile_inductor.DECODE_KEYS + 100, torch.float32)
-    args = (q, k, v, 0.3, True, None, torch.tensor([compile_inductor.DECODE_KEYS + 50]))
-    torch.testing.assert_close(compile_inductor.attention_for_inductor(*args), attention_reference(*args),
+def test_off_the_gpu_a_long_decode_is_sdpa():
+    tuning = DecodeTuning(long_decode_kernel=True)
+    q, k, v = _inputs(14, 2, 1, tuning.decode_keys + 100, torch.float32)
+    args = (q, k, v, 0.3, True, None, torch.tensor([tuning.decode_keys + 50]))
+    assert choose_attention(q, k, v, True, args[-1], tuning, tuned_step=True) is Attention.SDPA
+    torch.testing.assert_close(inductor.attention_for_inductor(tuning)(*args), attention_reference(*args),
                                atol=0, rtol=0)
 
 
@@ -266,16 +268,13 @@ def _launches(codes: list[str], kernel: str) -> int:
 @pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-gemma3"])  # Gemma 3: sliding-window layers
 def test_a_step_with_split_keys_matches_hugging_face(family, monkeypatch):
     """A cache of 30 counts as long and 16 keys make a block here, so each row's keys take 2 splits."""
-    monkeypatch.setattr(compile_inductor, "LONG_DECODE_KERNEL", True)
-    monkeypatch.setattr(compile_inductor, "DECODE_KEYS", 16)
     monkeypatch.setattr(decode_attention, "KEYS_PER_BLOCK", 16)
-    model, codes = tuned_step_code(family)
+    model, codes = tuned_step_code(family, DecodeTuning(decode_keys=16, long_decode_kernel=True))
     assert _launches(codes, "_combine_splits_kernel") == model.config.num_hidden_layers
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("family", ["tiny-qwen2", "tiny-gemma3"])  # Gemma 3: sliding-window layers
-def test_the_tuned_step_with_the_kernel_matches_hugging_face(family, monkeypatch):
-    monkeypatch.setattr(compile_inductor, "DECODE_ATTENTION_KERNEL", True)
-    model, codes = tuned_step_code(family)
+def test_the_tuned_step_with_the_kernel_matches_hugging_face(family):
+    model, codes = tuned_step_code(family, DecodeTuning(decode_attention_kernel=True))
     assert _launches(codes, "_decode_attention_kernel") == model.config.num_hidden_layers  # once per layer

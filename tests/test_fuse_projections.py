@@ -7,8 +7,8 @@ import torch
 
 import fuse_projections
 from conftest import assert_last_logits_match, tiny_model
+from export import export_llm
 from register_sdpa import register_sdpa
-from utils import export_llm
 
 aten = torch.ops.aten
 

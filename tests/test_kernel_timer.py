@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch._inductor.runtime import triton_heuristics
 
-import compile_inductor
-import kernel_timer
+from compilers import kernel_timer
+from compilers.decode_tuning import DecodeTuning
 from conftest import tuned_step_code
 
 
@@ -152,6 +152,5 @@ def test_inductors_tuner_runs_with_the_kernel_time(monkeypatch):
 
 @pytest.mark.gpu
 def test_a_step_tuned_by_kernel_time_matches_hugging_face(monkeypatch):
-    monkeypatch.setattr(compile_inductor, "TUNE_BY_KERNEL_TIME", True)
     monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
-    tuned_step_code("tiny-qwen2")  # Hugging Face's tokens
+    tuned_step_code("tiny-qwen2", DecodeTuning(tune_by_kernel_time=True))  # Hugging Face's tokens

@@ -3,21 +3,22 @@ that run before any weights load, and the converter's wiring (on a TensorRT with
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-import plugin_attention
 import plugin_utils
 from conftest import ROOT, prompt_ids, script_module, tiny_model
-from generate import StopRule, hf_generate
-from plugin_model import PluginCausalLM, allocate_plugin_caches, generate_plugin
-from utils import UsageError, load_config
+from errors import UsageError
+from generation.baselines import hf_generate
+from generation.loops import StopRule
+from load.models import load_config
+from options import ModelOptions
+from plugin import attention as plugin_attention
+from plugin.model import PluginCausalLM, allocate_plugin_caches, generate_plugin
 
 EXAMPLES = os.path.join(ROOT, "examples", "dynamo")
 
@@ -82,14 +83,15 @@ def test_plugin_model_exports_with_one_plugin_op_per_layer():
 # ----------------------------------------------------------------------------- bad input
 
 
-def _args(**overrides):
-    values = dict(compiler="tensorrt", precision="FP16", plugin_path="/opt/lib/libNvInfer_edgellm_plugin.so",
-                  device="cuda", model="m")
-    return argparse.Namespace(**{**values, **overrides})
+def _check(compiler="tensorrt", precision="FP16", plugin_path="/opt/lib/libNvInfer_edgellm_plugin.so", config=None):
+    """check_plugin_backend as run_llm.py calls it, for model "m" on a GPU."""
+    plugin_utils.check_plugin_backend(ModelOptions("m", precision, "cuda"), compiler, plugin_path, config or _config())
 
 
 def _config(model_type="llama", head_dim=64):
-    return SimpleNamespace(model_type=model_type, head_dim=head_dim, hidden_size=8 * head_dim, num_attention_heads=8)
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, head_dim=head_dim, hidden_size=8 * head_dim, num_attention_heads=8)
 
 
 @pytest.fixture
@@ -105,12 +107,12 @@ def gpu_with_plugin(monkeypatch, tmp_path):
 
 
 def test_a_usable_setup_passes(gpu_with_plugin):
-    plugin_utils.check_plugin_backend(_args(plugin_path=gpu_with_plugin), _config())
+    _check(plugin_path=gpu_with_plugin)
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"args": {"plugin_path": "/nonexistent/lib.so"}}, "/nonexistent/lib.so does not exist"),
-    ({"args": {"precision": "FP32"}}, "FP16 only"),
+    ({"check": {"plugin_path": "/nonexistent/lib.so"}}, "/nonexistent/lib.so does not exist"),
+    ({"check": {"precision": "FP32"}}, "FP16 only"),
     ({"config": {"head_dim": 96}}, "head sizes (64, 128)"),
     ({"config": {"model_type": "gemma3_text"}}, "not gemma3_text"),
     ({"capability": (9, 0)}, "compute capability 9.0"),
@@ -120,15 +122,14 @@ def test_a_usable_setup_passes(gpu_with_plugin):
     ({"v2": False}, "another kind"),
 ])
 def test_each_bad_setup_is_one_clear_error(gpu_with_plugin, monkeypatch, tmp_path, change, message):
-    args = _args(**{"plugin_path": gpu_with_plugin, **change.get("args", {})})
-    config = _config(**change.get("config", {}))
+    check = {"plugin_path": gpu_with_plugin, **change.get("check", {}), "config": _config(**change.get("config", {}))}
     if "capability" in change:
         monkeypatch.setattr(plugin_utils.torch.cuda, "get_device_capability", lambda device=None: change["capability"])
     if change.get("wheel"):
         wheel = tmp_path / "site-packages" / "tensorrt_edgellm" / "libNvInfer_edgellm_plugin.so"
         wheel.parent.mkdir(parents=True)
         wheel.write_bytes(b"")
-        args.plugin_path = str(wheel)
+        check["plugin_path"] = str(wheel)
     if change.get("load_error"):
         def fail(path):
             raise OSError("libnvinfer.so.10: cannot open shared object file")
@@ -138,14 +139,14 @@ def test_each_bad_setup_is_one_clear_error(gpu_with_plugin, monkeypatch, tmp_pat
     if "v2" in change:
         monkeypatch.setattr(plugin_utils, "_is_v2_creator", lambda creator: change["v2"])
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-        plugin_utils.check_plugin_backend(args, config)
+        _check(**check)
 
 
 def test_eager_needs_no_library_but_checks_a_given_path():
-    config = load_config(argparse.Namespace(model="tiny-llama", random_weights=False))
-    plugin_utils.check_plugin_backend(_args(compiler="eager", plugin_path=None, precision="FP32"), config)
+    config = load_config(ModelOptions("tiny-llama"))
+    _check(compiler="eager", plugin_path=None, precision="FP32", config=config)
     with pytest.raises(UsageError, match="does not exist"):
-        plugin_utils.check_plugin_backend(_args(compiler="eager", plugin_path="/nonexistent/x.so"), config)
+        _check(compiler="eager", plugin_path="/nonexistent/x.so", config=config)
 
 
 def test_unsupported_family_from_the_command_line():
@@ -167,7 +168,7 @@ def test_converter_packs_fields_and_wires_inputs(monkeypatch):
     from trt_helpers import import_torch_tensorrt
 
     import_torch_tensorrt()
-    import plugin_converter
+    from plugin import converter as plugin_converter
 
     created, added = {}, {}
 
@@ -190,7 +191,10 @@ def test_converter_packs_fields_and_wires_inputs(monkeypatch):
 
     monkeypatch.setattr(plugin_converter, "plugin_creator", lambda: Creator())
     inputs = ["qkv", "kv_cache", "context_lengths", "rope_table", "kv_cache_start_idx"]
-    outputs = plugin_converter.convert_edgellm_attention(SimpleNamespace(net=Network()), None, (*inputs, 14, 2, 64),
+    class Context:  # what a converter reads of Torch-TensorRT's conversion context
+        net = Network()
+
+    outputs = plugin_converter.convert_edgellm_attention(Context(), None, (*inputs, 14, 2, 64),
                                                          {}, "layer0")
     assert created["fields"] == {"num_q_heads": [14], "num_kv_heads": [2], "head_size": [64],
                                  "enable_tree_attention": [0], "enable_delta_kv_output": [1]}

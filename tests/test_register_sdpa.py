@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import FAMILIES, tiny_model
+from export import export_llm
 from register_sdpa import attention, attention_nodes, register_sdpa
-from utils import export_llm
 
 aten = torch.ops.aten
 

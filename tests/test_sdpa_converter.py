@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_register_sdpa import CASES, _qkv
+
 from trt_helpers import import_torch_tensorrt, network_of
 
 pytestmark = pytest.mark.tensorrt
@@ -23,7 +23,7 @@ class Attention(torch.nn.Module):
 def attention_network(q_heads, kv_heads, scale, window, max_len=64):
     """The network Torch-TensorRT builds for one canonical node, dynamic in L and S (1..max_len)."""
     torch_tensorrt = import_torch_tensorrt()
-    from utils import plain_graph_module
+    from export import plain_graph_module
 
     q, k, v = _qkv(q_heads, kv_heads, 3, 7)  # example lengths only: the network takes any L, S
     L, S = torch.export.Dim("L", min=1, max=max_len), torch.export.Dim("S", min=1, max=max_len)
@@ -79,7 +79,7 @@ class PositionedAttention(torch.nn.Module):
 def test_query_positions_match_canonical_node(window):
     """Decode at position 9 and a chunk at 5..8 against a 16-slot cache, from one network."""
     torch_tensorrt = import_torch_tensorrt()
-    from utils import plain_graph_module
+    from export import plain_graph_module
 
     q, k, v = _qkv(8, 2, 3, 16)
     L = torch.export.Dim("L", min=1, max=16)
@@ -135,8 +135,9 @@ def test_a_wrong_causal_mask_is_caught(monkeypatch):
 
 def test_register_sdpa_is_a_torch_tensorrt_lowering_pass():
     import_torch_tensorrt()
-    import register_sdpa
     from torch_tensorrt.dynamo.lowering.passes import ATEN_POST_LOWERING_PASSES
+
+    import register_sdpa
 
     register_sdpa._register_with_torch_tensorrt()  # this session imported register_sdpa before torch_tensorrt
     assert "register_sdpa_pass" in [p.__name__ for p in ATEN_POST_LOWERING_PASSES.passes]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+import options
 import static_cache_common
 from conftest import DEVICES, FAMILIES, eager_cached, eos_stop, lowered_graph, prompt_ids, tiny_model
-from generate import Prompt, generate_no_cache, generate_static_cache, hf_generate, positions
+from export import export_llm
+from generation.baselines import hf_generate
+from generation.loops import Prompt, generate_no_cache, generate_static_cache, positions
 from register_sdpa import register_sdpa
-from utils import export_llm
 
-STATIC_CACHES = ["static_v1", "static_v2", "static_v3"]
+STATIC_CACHES = list(options.CACHES)  # every --cache choice, so a new pass is tested here by registering it
 CACHES = ["", *STATIC_CACHES]
 PROMPT_LEN, NEW_TOKENS = 10, 14  # tiny-gemma3's window is 8: generation runs past it
 
@@ -104,8 +106,8 @@ def test_v3_without_query_positions_is_caught():
     model = tiny_model("tiny-llama")
     ids = prompt_ids(model, 1, PROMPT_LEN)
     gm = register_sdpa(export_llm(model, 1, PROMPT_LEN + NEW_TOKENS))
-    gm = static_cache_common.add_static_cache(gm, PROMPT_LEN + NEW_TOKENS, static_cache_v3._join, "unpositioned",
-                                              position_inputs=(static_cache_v3.POSITION_INPUT,))
+    gm = static_cache_common.add_static_cache(gm, PROMPT_LEN + NEW_TOKENS, static_cache_v3._write_at_positions,
+                                              "unpositioned", position_inputs=(static_cache_v3.POSITION_INPUT,))
     expected = hf_generate(model, ids, NEW_TOKENS, eos_stop(model))
     assert not torch.equal(_lowered_tokens(model, gm, ids, "unpositioned"), expected)
 
@@ -149,7 +151,7 @@ def test_captured_steps_match_hugging_face(family, batch_size):
 @pytest.mark.gpu
 def test_a_replay_on_stale_inputs_is_caught(monkeypatch):
     """The comparison above can fail: replaying without copying in the new token repeats the first step's input."""
-    from cuda_graph_step import CudaGraphStep
+    from compilers.cuda_graph_step import CudaGraphStep
 
     monkeypatch.setattr(CudaGraphStep, "_load_inputs", staticmethod(lambda buffers, values: None))
     model = tiny_model("tiny-llama", "cuda")

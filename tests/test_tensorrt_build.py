@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES, lowered_graph, tiny_model
+from options import CACHES
 from trt_helpers import import_torch_tensorrt
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.slow]
@@ -33,7 +34,7 @@ class _BuiltEngine:
 def build_engine(family: str, cache: str, batch_size: int = 1) -> tuple[bytes, list]:
     """The serialized engine of a family's lowered graph, and the targets of every converted node."""
     import_torch_tensorrt()
-    from compile_tensorrt import tensorrt_program
+    from compilers.tensorrt import tensorrt_program
 
     gm = lowered_graph(tiny_model(family), batch_size, MAX_SEQ_LEN, cache)
     return build_program(*tensorrt_program(gm, MAX_SEQ_LEN, "cpu"))
@@ -61,7 +62,7 @@ def build_program(program, specs) -> tuple[bytes, list]:
     return bytes(engine), converted
 
 
-@pytest.mark.parametrize("cache", ["", "static_v1", "static_v2", "static_v3"])
+@pytest.mark.parametrize("cache", ["", *CACHES])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_graph_builds_an_engine_with_every_attention_converted(family, cache):
     engine, converted = build_engine(family, cache)
@@ -72,7 +73,7 @@ def test_graph_builds_an_engine_with_every_attention_converted(family, cache):
 
 @pytest.mark.parametrize("cache", ["", "static_v3"])
 def test_a_batch_builds_an_engine_with_one_lm_head_product(cache):
-    """At batch 2 the lm_head is folded into one matrix multiply (shared_weight_products.py): the engine
+    """At batch 2 the lm_head is folded into one matrix multiply (fold_lm_head_batch.py): the engine
     builds, and it converts as many batched products as at batch 1 (RoPE's), none for the lm_head."""
     engine, converted = build_engine("tiny-llama", cache, batch_size=2)
     assert len(engine) > 100_000
@@ -86,8 +87,9 @@ def test_a_batch_builds_an_engine_with_one_lm_head_product(cache):
 def test_vlm_language_model_builds_an_engine(cache):
     """Qwen2.5-VL's language model: embeddings and [3, B, L] positions in, every attention converted."""
     import_torch_tensorrt()
-    from compile_tensorrt import tensorrt_program
-    from utils import export_llm, lower
+    from compilers.tensorrt import tensorrt_program
+    from export import export_llm
+    from utils import lower
     from vlm_fixtures import tiny_vlm
 
     vlm = tiny_vlm("tiny-qwen2.5-vl")
@@ -102,9 +104,10 @@ def test_vlm_language_model_builds_an_engine(cache):
 
 def test_eagle2_language_model_and_vision_tower_build_engines():
     import_torch_tensorrt()
-    from compile_tensorrt import tensorrt_program
-    from utils import export_llm, lower
-    from vlm import _VisionHidden
+    from compilers.tensorrt import tensorrt_program
+    from export import export_llm
+    from utils import lower
+    from vlm.eagle2 import _VisionHidden
     from vlm_fixtures import tiny_vlm
 
     vlm = tiny_vlm("tiny-eagle2")

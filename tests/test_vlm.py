@@ -11,9 +11,14 @@ import pytest
 import torch
 
 from conftest import ROOT, eager_cached
-from generate import Prompt, StopRule, generate_no_cache, generate_static_cache, hf_generate
-from utils import UsageError, export_llm, lower
-from vlm import MultimodalPositions, merge_image_embeddings, sample_image
+from errors import UsageError
+from export import export_llm
+from generation.baselines import hf_generate
+from generation.loops import Prompt, StopRule, generate_no_cache, generate_static_cache
+from utils import lower
+from vlm.family import merge_image_embeddings
+from vlm.images import sample_image
+from vlm.qwen2_5_vl import MultimodalPositions
 from vlm_fixtures import tiny_vlm
 
 NEW_TOKENS = 12
@@ -155,9 +160,10 @@ def test_a_gpu_benchmark_without_baselines_is_not_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = run_vlm.build_parser().parse_args(["--model", "tiny-llama", "--compiler", "eager", "--device", "cuda",
                                               "--benchmark", "--enable_pytorch_run"])
-    with pytest.raises(UsageError, match="use run_llm.py for text-only models"):  # past the baseline check
-        run_vlm.main(args)
-    assert args.baselines == ["hf_dynamic"]
+    options = run_vlm.vlm_options(args)  # not refused for the baselines it did not ask for
+    assert options.run.baselines == ("hf_dynamic",)
+    with pytest.raises(UsageError, match="use run_llm.py for text-only models"):
+        run_vlm.main(options)
 
 
 @pytest.mark.slow

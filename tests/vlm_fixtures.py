@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-
-from utils import load_config
+from load.models import load_config
+from options import ModelOptions
 
 _vlms: dict = {}
 
 
 def tiny_vlm(name: str):
-    """The run_vlm.py family object (vlm.py) around a tiny preset, FP32 on the CPU."""
+    """The run_vlm.py family object (vlm/) around a tiny preset, FP32 on the CPU."""
     if name not in _vlms:
-        from vlm import FAMILIES
+        from vlm.families import FAMILIES
 
-        args = argparse.Namespace(model=name, random_weights=False, precision="FP32", device="cpu", tokenizer=None)
-        config = load_config(args)
-        _vlms[name] = FAMILIES[config.model_type].load(args, config)
+        options = ModelOptions(name, "FP32", "cpu")
+        config = load_config(options)
+        _vlms[name] = FAMILIES[config.model_type].load(options, config)
     return _vlms[name]

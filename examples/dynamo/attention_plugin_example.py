@@ -3,7 +3,7 @@
     python examples/dynamo/attention_plugin_example.py                      # PyTorch implementation, CPU
     python examples/dynamo/attention_plugin_example.py --compiler tensorrt  # the plugin itself (FP16, GPU)
 
-`torch.ops.llm_tools.edgellm_attention` (plugin_attention.py) has the plugin's inputs and outputs:
+`torch.ops.llm_tools.edgellm_attention` (plugin/attention.py) has the plugin's inputs and outputs:
 packed qkv, a caller-owned cache [B, 2, Hkv, capacity, D], context lengths, a RoPE table and start
 indices. This example runs it in the plugin's four situations, prefill and decode, each with an
 empty cache and with past context in the cache, and compares its attention and its delta K/V with
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import plugin_attention  # noqa: E402, F401  (defines torch.ops.llm_tools.edgellm_attention)
+import plugin.attention  # noqa: E402, F401  (defines torch.ops.llm_tools.edgellm_attention)
 
 HQ, HKV, D, CAPACITY, BASE = 8, 2, 64, 32, 10000.0
 
@@ -90,7 +90,7 @@ def run_op(compiler: str, inputs):
         return op(*inputs, HQ, HKV, D)
     import torch_tensorrt
 
-    import plugin_converter  # noqa: F401  (registers the op's converter)
+    import plugin.converter  # noqa: F401  (registers the op's converter)
 
     class Op(torch.nn.Module):
         def forward(self, *args):
@@ -108,14 +108,16 @@ def main() -> None:
     args = parser.parse_args()
     dtype, device, tolerance = torch.float32, "cpu", 1e-5
     if args.compiler == "tensorrt":
-        import plugin_utils
-        from utils import UsageError
+        from transformers import LlamaConfig
 
-        settings = argparse.Namespace(compiler="tensorrt", precision="FP16", plugin_path=args.plugin_path,
-                                      device="cuda", model="this example")
-        config = argparse.Namespace(model_type="llama", head_dim=D, hidden_size=HQ * D, num_attention_heads=HQ)
+        import plugin_utils
+        from errors import UsageError
+        from options import ModelOptions
+
+        model = ModelOptions("this example", "FP16", "cuda")
+        config = LlamaConfig(head_dim=D, hidden_size=HQ * D, num_attention_heads=HQ)
         try:
-            plugin_utils.check_plugin_backend(settings, config)
+            plugin_utils.check_plugin_backend(model, "tensorrt", args.plugin_path, config)
         except UsageError as err:
             sys.exit(f"attention_plugin_example.py: error: {err}")
         dtype, device, tolerance = torch.float16, "cuda", 2e-2

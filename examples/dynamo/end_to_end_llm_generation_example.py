@@ -26,10 +26,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import plugin_utils  # noqa: E402
-from generate import StopRule, hf_generate  # noqa: E402
-from plugin_model import PluginCausalLM, allocate_plugin_caches, compile_plugin_model, generate_plugin  # noqa: E402
-from utils import (DTYPES, UsageError, eos_token_ids, load_config, load_model, load_tokenizer,  # noqa: E402
-                   pad_token_id)
+from errors import UsageError  # noqa: E402
+from generation.baselines import hf_generate  # noqa: E402
+from generation.loops import StopRule  # noqa: E402
+from load.models import load_config, load_model  # noqa: E402
+from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id  # noqa: E402
+from options import DTYPES, CompileOptions, ModelOptions  # noqa: E402
+from plugin.compile import compile_plugin_model  # noqa: E402
+from plugin.model import PluginCausalLM, allocate_plugin_caches, generate_plugin  # noqa: E402
 
 
 def main() -> None:
@@ -42,21 +46,21 @@ def main() -> None:
     parser.add_argument("--plugin_path", default=None)
     parser.add_argument("--random_weights", action="store_true")
     args = parser.parse_args()
-    args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.tokenizer, args.min_block_size, args.cudagraph = None, 1, False
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    options = ModelOptions(args.model, args.precision, device, args.random_weights)
 
     try:
-        config = load_config(args)  # 1. load
-        plugin_utils.check_plugin_backend(args, config)
+        config = load_config(options)  # 1. load
+        plugin_utils.check_plugin_backend(options, args.compiler, args.plugin_path, config)
     except UsageError as err:
         sys.exit(f"end_to_end_llm_generation_example.py: error: {err}")
-    tokenizer = load_tokenizer(args, config)
-    model = load_model(args, config)
-    input_ids = torch.tensor([tokenizer.encode(args.prompt)], device=args.device)
+    tokenizer = load_tokenizer(options, config)
+    model = load_model(options, config)
+    input_ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
     capacity = input_ids.shape[1] + args.num_tokens
 
-    caches = allocate_plugin_caches(model, 1, capacity, DTYPES[args.precision], args.device)  # 4. caches
-    step = compile_plugin_model(PluginCausalLM(model), args, caches, capacity)  # 2. wrap, 3. compile
+    caches = allocate_plugin_caches(model, 1, capacity, options.dtype, device)  # 4. caches
+    step = compile_plugin_model(PluginCausalLM(model), CompileOptions(args.compiler), caches, capacity)  # 2., 3.
 
     eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
     with torch.no_grad():  # 5. generate and compare

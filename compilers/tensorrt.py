@@ -12,11 +12,10 @@ Static caches are fixed-shape inputs; static_v1/v2's `start_idx`/`end_idx` are s
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch.fx import GraphModule
 
+from options import CompileOptions, ModelOptions
 from static_cache_common import START_END, cache_inputs
 from static_cache_v3 import POSITION_INPUT
 
@@ -28,6 +27,7 @@ def scatter_rows(cache: torch.Tensor, cache_position: torch.Tensor, new: torch.T
 
 
 def prepare_for_tensorrt(gm: GraphModule) -> GraphModule:
+    """The two rewrites of the module docstring, in place."""
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
@@ -86,39 +86,14 @@ def tensorrt_program(gm: GraphModule, max_seq_len: int, device) -> tuple:
     return program, specs
 
 
-def compile_plugin_with_tensorrt(plugin_lm: torch.nn.Module, args: argparse.Namespace, caches: list[torch.Tensor],
-                                 max_seq_len: int):
-    """A PluginCausalLM (plugin_model.py) as one engine, its attention the Edge-LLM AttentionPlugin."""
-    import torch_tensorrt
-
-    import plugin_converter  # noqa: F401  (registers the op's converter)
-    from plugin_attention import rope_table
-
-    batch_size, device = caches[0].shape[0], args.device
-    rope = rope_table(plugin_lm.model.model.rotary_emb, max_seq_len, device)
-    tokens = torch.zeros(batch_size, min(3, max_seq_len), dtype=torch.long, device=device)
-    per_row = torch.zeros(batch_size, dtype=torch.int32, device=device)
-    seq = torch.export.Dim("seq", min=1, max=max_seq_len)
-    program = torch.export.export(plugin_lm, (tokens, per_row, rope, per_row, *caches),
-                                  dynamic_shapes=({1: seq}, None, None, None, (None,) * len(caches)), strict=False)
-    specs = [torch_tensorrt.Input(min_shape=(batch_size, 1), opt_shape=(batch_size, max_seq_len),
-                                  max_shape=(batch_size, max_seq_len), dtype=torch.int64),
-             torch_tensorrt.Input(shape=(batch_size,), dtype=torch.int32),
-             torch_tensorrt.Input(shape=tuple(rope.shape), dtype=torch.float32),
-             torch_tensorrt.Input(shape=(batch_size,), dtype=torch.int32),
-             *[torch_tensorrt.Input(shape=tuple(c.shape), dtype=c.dtype) for c in caches]]
-    compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=args.min_block_size)
-    torch_tensorrt.runtime.set_cudagraphs_mode(args.cudagraph)
-    return compiled
-
-
-def compile_with_tensorrt(gm: GraphModule, args: argparse.Namespace, max_seq_len: int):
+def compile_with_tensorrt(gm: GraphModule, options: CompileOptions, model: ModelOptions, max_seq_len: int):
+    """The lowered graph as a Torch-TensorRT module (one engine where every node converts)."""
     import torch_tensorrt
 
     import sdpa_converter  # noqa: F401  (registers the canonical node's converter)
 
-    program, specs = tensorrt_program(gm, max_seq_len, args.device)
-    compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=args.min_block_size,
-                                             use_fp32_acc=args.precision == "FP16")
-    torch_tensorrt.runtime.set_cudagraphs_mode(args.cudagraph)
+    program, specs = tensorrt_program(gm, max_seq_len, model.device)
+    compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=options.min_block_size,
+                                             use_fp32_acc=model.precision == "FP16")
+    torch_tensorrt.runtime.set_cudagraphs_mode(options.cudagraph)
     return compiled

@@ -1,8 +1,7 @@
 """Built-in model shapes, so that models can be built with random weights and no download.
 
 `MODEL_CONFIGS` holds the public shapes of every model in the spec's tables, keyed by the
-Hugging Face id; `TINY_PRESETS` holds small random models for tests and demos. `ByteTokenizer`
-stands in for a real tokenizer when that cannot be loaded offline.
+Hugging Face id; `TINY_PRESETS` holds small random models for tests and demos.
 """
 
 from __future__ import annotations
@@ -164,41 +163,8 @@ def builtin_config(name: str) -> PretrainedConfig | None:
         return None
     spec = dict(spec)
     model_type = spec.pop("model_type")
-    if model_type == "eagle2_structure":  # not a transformers class: see eagle2.py
-        from eagle2 import Eagle2Config
+    if model_type == "eagle2_structure":  # not a transformers class: see load/eagle2_structure.py
+        from load.eagle2_structure import Eagle2Config
 
         return Eagle2Config(**spec)
     return AutoConfig.for_model(model_type, **spec)
-
-
-class ByteTokenizer:
-    """A byte-level tokenizer: ids 0-255 are UTF-8 bytes; other ids are shown as <|id|>.
-
-    It stands in for the model's own tokenizer where that cannot be loaded (tiny presets,
-    --random_weights with no network), so prompts and generated ids can still be shown as text.
-    """
-
-    def __init__(self, bos_token_id: int | None, eos_token_id: int | list[int] | None, pad_token_id: int | None):
-        self.bos_token_id = bos_token_id
-        eos = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
-        self.eos_token_ids = [e for e in eos if e is not None]
-        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
-        self.pad_token_id = pad_token_id if pad_token_id is not None else self.eos_token_id
-
-    def encode(self, text: str) -> list[int]:
-        prefix = [self.bos_token_id] if self.bos_token_id is not None else []
-        return prefix + list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        out, pending = [], bytearray()
-        for token in ids:
-            if token < 256:
-                pending.append(token)
-                continue
-            out.append(pending.decode("utf-8", errors="replace"))
-            pending = bytearray()
-            special = token in (self.bos_token_id, self.pad_token_id, *self.eos_token_ids)
-            if not (skip_special_tokens and special):
-                out.append(f"<|{token}|>")
-        out.append(pending.decode("utf-8", errors="replace"))
-        return "".join(out)

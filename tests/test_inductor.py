@@ -1,16 +1,16 @@
-"""compile_inductor's written-out decode attention and one-row products against independent references."""
+"""compilers/inductor.py's written-out decode attention and one-row products against independent references."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import pytest
 import torch
 
-import compile_inductor
+from compilers import inductor
+from compilers.decode_tuning import DecodeTuning
 from conftest import FAMILIES, eager_cached, lowered_graph, prompt_ids, tiny_model
-from generate import Prompt, StopRule, generate_static_cache
+from generation.loops import Prompt, StopRule, generate_static_cache
 from register_sdpa import attention_reference
 
 PROMPT_LEN, NEW_TOKENS = 10, 14
@@ -37,23 +37,24 @@ def test_written_out_attention_equals_the_reference(case):
     q, k, v = _inputs(*case["heads"], case["q_len"], case["kv_len"])
     positions = torch.tensor(case["positions"]) if case["positions"] is not None else None
     args = (q, k, v, 0.3, case.get("causal", True), case.get("window"), positions)
-    torch.testing.assert_close(compile_inductor.attention_for_inductor(*args), attention_reference(*args),
+    torch.testing.assert_close(inductor.attention_as_sums(*args), attention_reference(*args),
                                atol=1e-5, rtol=1e-5)
 
 
 def test_a_query_one_position_late_is_caught():
     q, k, v = _inputs(8, 2, 1, 40)
     expected = attention_reference(q, k, v, 0.3, True, None, torch.tensor([9]))
-    late = compile_inductor.attention_for_inductor(q, k, v, 0.3, True, None, torch.tensor([10]))
+    late = inductor.attention_as_sums(q, k, v, 0.3, True, None, torch.tensor([10]))
     assert not torch.allclose(late, expected, atol=1e-3)
 
 
 def test_prefill_and_long_caches_off_the_gpu_keep_sdpa(monkeypatch):
     calls = []
-    monkeypatch.setattr(compile_inductor, "attention_reference", lambda *args: calls.append(args[0].shape))
-    for q_len, kv_len in [(compile_inductor.DECODE_ROWS + 1, 64), (1, compile_inductor.DECODE_KEYS + 1)]:
-        compile_inductor.attention_for_inductor(*_inputs(4, 4, q_len, kv_len), 0.3, True, None,
-                                                torch.arange(kv_len - q_len, kv_len))
+    monkeypatch.setattr(inductor, "attention_reference", lambda *args: calls.append(args[0].shape))
+    tuning = DecodeTuning()
+    for q_len, kv_len in [(tuning.decode_rows + 1, 64), (1, tuning.decode_keys + 1)]:
+        inductor.attention_for_inductor(tuning)(*_inputs(4, 4, q_len, kv_len), 0.3, True, None,
+                                                        torch.arange(kv_len - q_len, kv_len))
     assert len(calls) == 2
 
 
@@ -71,9 +72,9 @@ def _product_inputs(rows, inner, outer, seed=0):
 def test_product_as_sums_equals_a_float64_matmul(with_bias):
     x, weight, bias = _product_inputs(1, 96, 40)
     expected = x.double() @ weight.double().t() + (bias.double() if with_bias else 0)
-    out = compile_inductor.product_as_sums(x, weight.t(), bias if with_bias else None)
+    out = inductor.product_as_sums(x, weight.t(), bias if with_bias else None)
     torch.testing.assert_close(out, expected.float(), atol=1e-4, rtol=1e-4)
-    half = compile_inductor.product_as_sums(x.half(), weight.t().half(), bias.half() if with_bias else None)
+    half = inductor.product_as_sums(x.half(), weight.t().half(), bias.half() if with_bias else None)
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), expected.float(), atol=0.05, rtol=0.01)
 
@@ -81,23 +82,23 @@ def test_product_as_sums_equals_a_float64_matmul(with_bias):
 def test_a_product_with_the_weight_the_wrong_way_round_is_caught():
     x, weight, _ = _product_inputs(1, 64, 64)
     expected = x @ weight.t()
-    assert not torch.allclose(compile_inductor.product_as_sums(x, weight), expected, atol=1e-3)
+    assert not torch.allclose(inductor.product_as_sums(x, weight), expected, atol=1e-3)
 
 
 def _one_row_logits(family, monkeypatch):
     """The logits of every step of a greedy generation by the static_v3 graph with its one-row products
     written out (run eagerly on the CPU), and the Hugging Face model's logits over the same tokens."""
-    monkeypatch.setattr(compile_inductor, "_one_row_on_gpu", lambda x: x.shape[0] == 1)
+    monkeypatch.setattr(inductor, "_one_row_on_gpu", lambda x: x.shape[0] == 1)
     calls = []
-    product_as_sums = compile_inductor.product_as_sums
-    monkeypatch.setattr(compile_inductor, "product_as_sums", lambda *args: calls.append(1) or product_as_sums(*args))
+    product_as_sums = inductor.product_as_sums
+    monkeypatch.setattr(inductor, "product_as_sums", lambda *args: calls.append(1) or product_as_sums(*args))
     model = copy.deepcopy(tiny_model(family))  # its biases change below: not the shared one
     with torch.no_grad():
         for name, bias in model.named_parameters():
             if name.endswith(".bias"):  # initialised to zeros: give them a part to play
                 bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
     ids = prompt_ids(model, 1, PROMPT_LEN)
-    gm = compile_inductor.write_out_one_row_products(lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, "static_v3"))
+    gm = inductor.write_out_one_row_products(lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, "static_v3"))
     cached = eager_cached(gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype)
     logits = []
 
@@ -108,7 +109,7 @@ def _one_row_logits(family, monkeypatch):
     with torch.no_grad():
         tokens = generate_static_cache(recorded, Prompt.text(ids), NEW_TOKENS, StopRule([], 0, False))
         expected = model(tokens[:, :-1]).logits[:, PROMPT_LEN - 1:]  # [1, NEW_TOKENS, V]
-    written_out = (compile_inductor.mm_for_inductor, compile_inductor.addmm_for_inductor)
+    written_out = (inductor.mm_for_inductor, inductor.addmm_for_inductor)
     products = sum(node.target in written_out for node in gm.graph.nodes)
     assert products and len(calls) >= (NEW_TOKENS - 1) * products  # every product of every decode step
     return torch.stack(logits, dim=1), expected
@@ -121,22 +122,22 @@ def test_written_out_one_row_products_match_hugging_face(family, monkeypatch):
 
 
 def test_a_written_out_product_without_its_bias_is_caught(monkeypatch):
-    product_as_sums = compile_inductor.product_as_sums
+    product_as_sums = inductor.product_as_sums
     without_bias = lambda x, weight_t, bias=None: product_as_sums(x, weight_t)  # noqa: E731
-    monkeypatch.setattr(compile_inductor, "product_as_sums", without_bias)
+    monkeypatch.setattr(inductor, "product_as_sums", without_bias)
     logits, expected = _one_row_logits("tiny-qwen2", monkeypatch)  # its q, k and v projections have biases
     assert not torch.allclose(logits, expected, atol=1e-2)
 
 
 def test_small_decode_tuning_is_for_gpus_only():
     gm = lowered_graph(tiny_model("tiny-llama"), 1, 16, "static_v3")
-    assert not compile_inductor.tuned_for_small_decode(gm, argparse.Namespace(batch_size=1))
+    assert not inductor.tuned_for_small_decode(gm, DecodeTuning())
 
 
 @pytest.mark.gpu
-def test_small_decode_tuning_is_for_small_models_at_batch_1(monkeypatch):
-    gm = lowered_graph(tiny_model("tiny-llama", "cuda"), 1, 16, "static_v3")
-    assert compile_inductor.tuned_for_small_decode(gm, argparse.Namespace(batch_size=1))
-    assert not compile_inductor.tuned_for_small_decode(gm, argparse.Namespace(batch_size=8))
-    monkeypatch.setattr(compile_inductor, "SMALL_MODEL_PARAMETERS", 1000)  # tiny-llama has more
-    assert not compile_inductor.tuned_for_small_decode(gm, argparse.Namespace(batch_size=1))
+def test_small_decode_tuning_is_for_small_models_at_batch_1():
+    model = tiny_model("tiny-llama", "cuda")
+    assert inductor.tuned_for_small_decode(lowered_graph(model, 1, 16, "static_v3"), DecodeTuning())
+    assert not inductor.tuned_for_small_decode(lowered_graph(model, 8, 16, "static_v3"), DecodeTuning())
+    small = DecodeTuning(small_model_parameters=1000)  # tiny-llama has more
+    assert not inductor.tuned_for_small_decode(lowered_graph(model, 1, 16, "static_v3"), small)

@@ -1,4 +1,4 @@
-"""fold_batch_into_rows: at batch > 1 the lm_head reads its weight once; the logits stay the Hugging Face model's."""
+"""fold_lm_head_batch: at batch > 1 the lm_head reads its weight once; the logits stay the Hugging Face model's."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import FAMILIES, assert_last_logits_match, tiny_model
+from export import export_llm
+from fold_lm_head_batch import fold_lm_head_batch
 from fuse_projections import fuse_projections
 from register_sdpa import register_sdpa
-from shared_weight_products import fold_batch_into_rows
-from utils import export_llm
 
 aten = torch.ops.aten
 BATCH, LENGTH = 3, 12
@@ -32,7 +32,7 @@ def test_the_lm_head_reads_its_weight_once_and_logits_match(family):
     model, gm = _exported(family)
     vocab_size = model.config.get_text_config().vocab_size
     assert _lm_heads_read_per_batch_item(gm, vocab_size), "the exported lm_head is expected to be a bmm"
-    gm = fold_batch_into_rows(gm)
+    gm = fold_lm_head_batch(gm)
     assert _lm_heads_read_per_batch_item(gm, vocab_size) == []
     assert_last_logits_match(model, gm, BATCH, LENGTH)
 
@@ -40,7 +40,7 @@ def test_the_lm_head_reads_its_weight_once_and_logits_match(family):
 def test_a_fold_that_mixes_up_the_batch_rows_is_caught():
     """The logits comparison can fail: rows of the folded product fed in the wrong order change the logits."""
     model, gm = _exported("tiny-llama")
-    gm = fold_batch_into_rows(gm)
+    gm = fold_lm_head_batch(gm)
     product = next(node for node in gm.graph.nodes if node.target == aten.mm.default
                    and node.args[0].target == aten.reshape.default)
     with gm.graph.inserting_before(product):

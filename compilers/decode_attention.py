@@ -1,20 +1,17 @@
 """Decode attention over a static cache as Triton kernels: the canonical node's math for a few query rows.
 
-Written as sums of products (compile_inductor.py), a decode step's attention becomes three inductor
-kernels per layer (5.8-13.6 us together per layer in profiles of Qwen2.5-0.5B on the H200).
-Here one program per query row (batch, query head, row) streams its K/V head's keys up to the row's
+One program per query row (batch, query head, row) streams its K/V head's keys up to the row's
 position in blocks and keeps a running softmax (the maximum, the sum and the weighted sum of V,
 rescaled as the maximum grows), so a layer's attention is one launch and keys past the position are
-not read. Math in float32, the result in the input's dtype, as in the sums.
+not read. Math in float32, the result in the input's dtype, as in inductor's sums of products.
 
-Over a long cache one program per row is too few to keep the GPU busy (Qwen2.5-0.5B has 14 query
-rows per layer), so with split_keys each row's keys are split among several programs, one block of
-keys each, and a second kernel combines their running softmaxes (the maximum, the sum and the
-weighted sum of V of each split, rescaled to the largest maximum).
+Over a long cache one program per row is too few to keep the GPU busy, so with split_keys each
+row's keys are split among several programs, one block of keys each, and a second kernel combines
+their running softmaxes (rescaled to the largest maximum).
 
 TorchDynamo traces the call of the kernel, so inductor launches it inside the compiled step and a
 captured CUDA graph replays it with the rest. Tested against the canonical node's reference on the
-CPU with Triton's interpreter (TRITON_INTERPRET=1).
+CPU with Triton's interpreter (TRITON_INTERPRET=1). Block sizes and their timings: docs/decode_tuning.md.
 """
 
 from __future__ import annotations
@@ -23,8 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-# Measured on the H200 (Qwen2.5-0.5B, head size 64, decode step over a cache of 256: 14 programs per layer):
-# 128 keys per block and 8 warps 830 us per step, 256 and 8 812 us, 256 and 16 801 us.
+# The fastest of the block sizes and warp counts timed on the H200 (docs/decode_tuning.md).
 KEYS_PER_BLOCK = 256
 WARPS = 16
 # A block of K or V is keys times head size elements in registers; at 256 x 64, 16 warps hold it without
@@ -170,7 +166,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
                      query_positions: torch.Tensor, split_keys: bool = False) -> torch.Tensor:
     """Causal attention of q [B, Hq, L, D] at cache positions query_positions [L] over caches k, v [B, Hkv, S, D].
 
-    Returns [B, Hq, L, D] stored as [B, L, Hq, D] (register_sdpa.heads_inner's layout). D must be a
+    Returns [B, Hq, L, D] stored as [B, L, Hq, D] (register_sdpa.as_sdpa_output_layout's layout). D must be a
     power of two; the last dimension of q, k and v must be contiguous. With split_keys, a row's keys
     are shared among programs (split_keys_for) and their results combined by a second kernel (for a
     long cache: one program per row would read all of it alone).
@@ -201,7 +197,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return out
 
 
-def fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+def kernel_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether decode_attention takes these inputs (a power-of-two head size, rows contiguous in the last dim)."""
     head_dim = q.shape[-1]
     return (head_dim & (head_dim - 1) == 0 and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1)

@@ -1,15 +1,21 @@
-"""benchmark.py's arithmetic on a synthetic timing sequence, checked against hand-computed figures."""
+"""report/timing.py's arithmetic on a synthetic timing sequence, checked against hand-computed figures."""
 
 from __future__ import annotations
 
 import pytest
-
-import benchmark
 import torch
 
-from benchmark import (Iteration, decode_bytes_per_step, metrics, run_benchmark, summarize, time_generation,
-                       token_agreement)
 from conftest import tiny_model
+from report import timing
+from report.timing import (
+    Iteration,
+    decode_bytes_per_step,
+    metrics,
+    run_benchmark,
+    summarize,
+    time_generation,
+    token_agreement,
+)
 
 
 def test_summarize_matches_hand_computed_statistics():
@@ -39,7 +45,7 @@ def test_metrics_from_synthetic_iterations():
 
 def test_time_generation_splits_at_the_first_token(monkeypatch):
     clock = iter([1.0, 1.25, 2.0])  # start, first token, end
-    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
     iteration = time_generation(lambda on_first_token: on_first_token(), lambda: None)
     assert iteration == Iteration(ttft_s=0.25, total_s=1.0)
 
@@ -47,7 +53,7 @@ def test_time_generation_splits_at_the_first_token(monkeypatch):
 def test_compile_time_and_bandwidth_from_a_synthetic_run(monkeypatch):
     # warm-up 5 s, then three runs of 1 s (first token after 0.2 s); 10 new tokens
     clock = iter([0.0, 5.0] + [t for start in (10.0, 20.0, 30.0) for t in (start, start + 0.2, start + 1.0)])
-    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
 
     def run(on_first_token):
         on_first_token()

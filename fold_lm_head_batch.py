@@ -3,10 +3,9 @@
 With batch size above 1, the exported graph computes the lm_head of the last position
 (hidden[:, -1:] @ W^T) as a `bmm` of [B, 1, K] by the weight expanded to [B, K, N]: the slice's
 batch stride depends on the sequence length, so the linear cannot flatten its input into a plain
-`mm`. A batched product reads its second operand once per batch item, so every decode step read the
-lm_head's weight B times: at batch 8 on the H200, the largest weight of a small model read 8 times
-per token (Llama-3.2-1B: 525 MB). One `mm` of [B * M, K] by [K, N] reads it once; the rows are the
-same, so the logits are the same.
+`mm`. A batched product reads its second operand once per batch item, so every decode step would
+read the lm_head's weight (the largest of a small model) B times. One `mm` of [B * M, K] by [K, N]
+reads it once; the rows are the same, so the logits are the same.
 
 Only products whose rows have static sizes are folded (the lm_head's always do: one position per
 sequence); a product over a dynamic length keeps its bmm.
@@ -40,7 +39,7 @@ def _with_value(node: Node, value: torch.Tensor) -> Node:
     return node
 
 
-def fold_batch_into_rows(gm: GraphModule) -> GraphModule:
+def fold_lm_head_batch(gm: GraphModule) -> GraphModule:
     """Each bmm(x [B, M, K], weight [K, N] expanded to [B, K, N]) with static B and M becomes one mm."""
     graph = gm.graph
     for node in list(graph.nodes):

@@ -14,8 +14,7 @@ import torch
 from torch_tensorrt.dynamo.conversion._ConversionContext import ConversionContext
 from torch_tensorrt.dynamo.conversion._ConverterRegistry import ConverterPriority, dynamo_tensorrt_converter
 
-import plugin_attention  # noqa: F401  (defines torch.ops.llm_tools.edgellm_attention)
-from plugin_utils import PLUGIN_NAME, PLUGIN_VERSION
+from plugin.attention import PLUGIN_NAME, PLUGIN_VERSION  # also defines torch.ops.llm_tools.edgellm_attention
 
 EDGELLM_ATTENTION = torch.ops.llm_tools.edgellm_attention.default
 

@@ -1,13 +1,9 @@
 """Kernels' time on the GPU, read from the profiler: for benchmarks/profile_step.py and for inductor's tuning.
 
 Inductor's coordinate-descent tuner times each candidate configuration of a kernel with CUDA events
-around its launch from Python. A kernel of a small model's decode step runs in 2-8 us, and its launch
-(with programmatic dependent launch it goes through inductor's Python launcher) takes tens of
-microseconds, so the events mostly time the launch: on the H200 the candidates of the first kernel
-of Qwen2.5-0.5B's decode step (the sum of squares of one 896-wide row) measured 45 to 83 us, and
-which configuration won was chance. Four compiles of that tuned decode step, each from an empty
-inductor cache, ran at 0.95, 0.94, 0.96 and 0.80 ms per step; tuned by kernel time, two compiles ran
-at 0.75 and 0.74 ms and a third, with Hugging Face's baselines in the process, at 0.72 ms.
+around its launch from Python. A small model's decode kernels run in a few microseconds, less than
+their launch, so those events mostly time the launch and pick a configuration by chance
+(the figures are in docs/decode_tuning.md).
 
 `tuned_by_kernel_time(step)` runs the step's calls (inductor tunes a kernel at its first call) with
 the tuner's timer replaced by `kernel_time_ms`: the candidate's kernels' own GPU time, as the

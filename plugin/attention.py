@@ -14,13 +14,15 @@ rotate-half in float32 over the first R dimensions of each head; attention is ca
 0..position with scale 1/sqrt(D), query head h reading K/V head h // (Hq / Hkv).
 
 The plugin writes the new K/V into the caller's cache itself; this op is functional instead and
-returns them as delta_kv, which the caller (plugin_model.py) writes at the same positions: the
+returns them as delta_kv, which the caller (plugin/model.py) writes at the same positions: the
 plugin's `enable_delta_kv_output` mode, in which it also returns them.
 """
 
 from __future__ import annotations
 
 import torch
+
+PLUGIN_NAME, PLUGIN_VERSION = "AttentionPlugin", "1"  # the plugin creator the converter asks TensorRT for
 
 
 def token_positions(seq_len: int, context_lengths: torch.Tensor, kv_cache_start_idx: torch.Tensor) -> torch.Tensor:

@@ -15,10 +15,9 @@ from typing import Callable
 
 import torch
 
-import plugin_attention  # noqa: F401  (defines torch.ops.llm_tools.edgellm_attention)
-from generate import Prompt, StopRule, generate_static_cache
-from plugin_attention import rope_table
-from presets import head_dim
+from generation.loops import Prompt, StopRule, generate_static_cache
+from load.presets import head_dim
+from plugin.attention import rope_table  # also defines torch.ops.llm_tools.edgellm_attention
 
 
 class _PluginInputs:
@@ -81,17 +80,6 @@ class PluginCausalLM(torch.nn.Module):
         finally:
             inputs.active = False
         return (logits, *inputs.deltas)
-
-
-def compile_plugin_model(plugin_lm: PluginCausalLM, args, caches: list[torch.Tensor], max_seq_len: int) -> Callable:
-    """The PluginCausalLM under --compiler: itself (eager), torch.compile, or a TensorRT engine with the plugin."""
-    if args.compiler == "eager":
-        return plugin_lm
-    if args.compiler == "inductor":
-        return torch.compile(plugin_lm, dynamic=True, mode="reduce-overhead" if args.cudagraph else None)
-    from compile_tensorrt import compile_plugin_with_tensorrt
-
-    return compile_plugin_with_tensorrt(plugin_lm, args, caches, max_seq_len)
 
 
 def allocate_plugin_caches(model, batch_size: int, capacity: int, dtype, device) -> list[torch.Tensor]:

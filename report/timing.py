@@ -1,4 +1,4 @@
-"""Timing for benchmark mode: warm-up, timed iterations, statistics, a table and JSON.
+"""Timing for benchmark mode: warm-up, timed iterations, statistics, bandwidth.
 
 Every timed region ends with a device sync, so GPU work is inside the figure. One iteration
 records the time to the first token (prefill) and the end-to-end time; decode is the difference.
@@ -9,17 +9,14 @@ decode steps achieved, to be read against the device's measured copy bandwidth.
 
 from __future__ import annotations
 
-import json
-import shlex
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from presets import head_dim
+from load.presets import head_dim
 
 
 def device_sync(device: str) -> Callable[[], None]:
@@ -172,41 +169,3 @@ def token_agreement(reference: torch.Tensor, tokens: torch.Tensor, prompt_len: i
     if length == 0:
         return 0.0
     return float((new_ref[:, :length] == new[:, :length]).float().mean())
-
-
-COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
-           ("e2e_latency_ms", "E2E ms"), ("e2e_tokens_per_s", "E2E tok/s"), ("decode_bandwidth_tb_s", "decode TB/s"),
-           ("peak_memory_gb", "peak GB"), ("compile_s", "compile s"), ("token_agreement", "tokens = ref"),
-           ("vision_encoder_ms", "vision ms")]
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, dict):
-        value = value["median"]
-    return f"{value:.2f}"
-
-
-def format_table(setup, results: dict[str, dict], notes: dict | None = None) -> str:
-    """A Markdown table (medians over the iterations), under a line that says what ran.
-
-    A column that no row has a figure for (peak GPU memory on a CPU, say) is left out.
-    """
-    header = ", ".join(f"{k}={v}" for k, v in asdict(setup).items())
-    if notes:
-        header += "; " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in notes.items())
-    columns = [(key, title) for key, title in COLUMNS if any(row.get(key) is not None for row in results.values())]
-    lines = [header,
-             "| backend | " + " | ".join(title for _, title in columns) + " |",
-             "|---" * (len(columns) + 1) + "|"]
-    for backend, figures in results.items():
-        lines.append(f"| {backend} | " + " | ".join(_cell(figures.get(key)) for key, _ in columns) + " |")
-    return "\n".join(lines)
-
-
-def write_json(path: str, setup, results: dict, extra: dict | None = None) -> None:
-    """The results, with the setup and the command line that produced them."""
-    command = shlex.join(["python", *sys.argv])
-    with open(path, "w") as f:
-        json.dump({"setup": asdict(setup), "command": command, "results": results, **(extra or {})}, f, indent=2)

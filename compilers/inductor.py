@@ -1,0 +1,146 @@
+"""--compiler inductor: torch.compile of the lowered graph, with the canonical attention opened up.
+
+Rewrites make the graph one compiled region whose small ops inductor can fuse:
+  - `aten.sym_size.int` calls become `.size()` calls: TorchDynamo would otherwise break the graph
+    at each of them when shapes are static (it cannot put an op that returns an int in a graph).
+  - Each canonical attention node becomes a call of plain PyTorch or of a Triton kernel, chosen per
+    node by `decode_tuning.choose_attention` (its docstring is the rule).
+  - A small model's batch-1 static_v3 step (`tuned_for_small_decode`) also has its one-row matrix
+    products written as sums of products, and is compiled with coordinate-descent tuning and
+    programmatic dependent launch, its candidates timed by their kernels' GPU time (kernel_timer.py).
+Why each choice, with the figures: docs/decode_tuning.md.
+
+A static_v3 graph is compiled for static shapes (one graph for prefill, one for the decode step)
+and without inductor's CUDA graphs: with --cudagraph, generation.loops.CachedModel captures each
+whole step itself (cuda_graph_step.py). The others stay dynamic in the sequence length, and
+--cudagraph gives them inductor's CUDA graphs (mode "reduce-overhead").
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.fx import GraphModule
+
+from compilers.decode_tuning import Attention, DecodeTuning, choose_attention
+from compilers.in_place_step import InPlaceCacheStep
+from compilers.kernel_timer import tuned_by_kernel_time
+from register_sdpa import as_sdpa_output_layout, attention_nodes, attention_reference, causal_mask
+from static_cache_v3 import takes_cache_position
+
+
+def attention_as_sums(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+                      sliding_window: int | None = None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The canonical node as sums of products in float32, which inductor fuses with the mask and softmax."""
+    batch, q_heads, q_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    groups = q_heads // kv_heads
+    rows = q.reshape(batch, kv_heads, groups * q_len, 1, head_dim).float()  # row g * L + l: query head h * G + g
+    scores = (rows * k.float().unsqueeze(2)).sum(-1) * scale  # [B, Hkv, G * L, S]
+    if causal:
+        mask = causal_mask(q_len, kv_len, sliding_window, q.device, query_positions).repeat(groups, 1)
+        scores = scores.masked_fill(~mask, float("-inf"))  # a query always sees its own key: no empty row
+    probs = scores.softmax(-1).unsqueeze(-1)  # [B, Hkv, G * L, S, 1]
+    out = (probs * v.float().unsqueeze(2)).sum(3)  # [B, Hkv, G * L, D]
+    return as_sdpa_output_layout(out.to(q.dtype).reshape(batch, q_heads, q_len, head_dim))
+
+
+def attention_for_inductor(tuning: DecodeTuning = DecodeTuning(), tuned_step: bool = False) -> Callable:
+    """The function that stands in for every canonical attention node of one compiled graph."""
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+                  sliding_window: int | None = None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+        choice = choose_attention(q, k, v, causal, query_positions, tuning, tuned_step)
+        if choice in (Attention.KERNEL, Attention.SPLIT_KERNEL):
+            from compilers.decode_attention import decode_attention
+
+            return decode_attention(q, k, v, scale, sliding_window, query_positions,
+                                    split_keys=choice is Attention.SPLIT_KERNEL)
+        if choice is Attention.SUMS:
+            return attention_as_sums(q, k, v, scale, causal, sliding_window, query_positions)
+        return attention_reference(q, k, v, scale, causal, sliding_window, query_positions)
+
+    return attention
+
+
+def product_as_sums(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] @ weight_t [K, N] (+ bias [N]) as sums of products over K, accumulated in float32."""
+    out = (x.float().unsqueeze(1) * weight_t.t().float().unsqueeze(0)).sum(-1)  # [M, N]
+    return (out if bias is None else out + bias.float()).to(x.dtype)
+
+
+def _one_row_on_gpu(x: torch.Tensor) -> bool:
+    rows = x.shape[0]
+    return isinstance(rows, int) and rows == 1 and x.is_cuda  # an int: traced for a static shape
+
+
+def mm_for_inductor(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    return product_as_sums(x, weight_t) if _one_row_on_gpu(x) else torch.mm(x, weight_t)
+
+
+def addmm_for_inductor(bias: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    return product_as_sums(x, weight_t, bias) if _one_row_on_gpu(x) else torch.addmm(bias, x, weight_t)
+
+
+ONE_ROW_PRODUCTS = {torch.ops.aten.mm.default: mm_for_inductor, torch.ops.aten.addmm.default: addmm_for_inductor}
+
+
+def write_out_one_row_products(gm: GraphModule) -> GraphModule:
+    """Matrix products (projections, lm_head) call the functions above, which write out the one-row ones."""
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in ONE_ROW_PRODUCTS and not node.kwargs:
+            node.target = ONE_ROW_PRODUCTS[node.target]
+    gm.recompile()
+    return gm
+
+
+def open_attention(gm: GraphModule, implementation: Callable) -> GraphModule:
+    """Call the canonical node's plain PyTorch form directly, so that the compiler sees its ops."""
+    for node in attention_nodes(gm):
+        node.target = implementation
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target == torch.ops.aten.sym_size.int:
+            with gm.graph.inserting_before(node):
+                size = gm.graph.call_method("size", node.args)
+            node.replace_all_uses_with(size)
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
+def batch_size_of(gm: GraphModule) -> int:
+    """The static batch size of a lowered graph: the first dimension of its first input."""
+    return int(gm.graph.find_nodes(op="placeholder")[0].meta["val"].shape[0])
+
+
+def tuned_for_small_decode(gm: GraphModule, tuning: DecodeTuning) -> bool:
+    """Whether a static_v3 step gets the small-model decode treatment: batch 1, on a GPU, a small model."""
+    parameters = list(gm.parameters())
+    return (batch_size_of(gm) == 1 and parameters[0].is_cuda
+            and sum(p.numel() for p in parameters) <= tuning.small_model_parameters)
+
+
+def small_decode_options() -> dict:
+    """Inductor options: block sizes tuned per kernel, and programmatic dependent launch where inductor has it."""
+    import torch._inductor.config as config
+
+    options = {"coordinate_descent_tuning": True}
+    if hasattr(config.triton, "enable_pdl"):
+        options["triton.enable_pdl"] = True  # a kernel's launch overlaps the end of the one before
+    return options
+
+
+def compile_with_inductor(gm: GraphModule, cudagraph: bool = False, tuning: DecodeTuning = DecodeTuning()) -> Callable:
+    """torch.compile of the lowered graph; `cudagraph` gives a dynamic graph (v1/v2, no cache) inductor's CUDA
+    graphs."""
+    in_place = takes_cache_position(gm)
+    tuned = in_place and tuned_for_small_decode(gm, tuning)
+    gm = open_attention(gm, attention_for_inductor(tuning, tuned))
+    if in_place:
+        options = None
+        if tuned:
+            gm, options = write_out_one_row_products(gm), small_decode_options()
+        step = torch.compile(InPlaceCacheStep(gm), dynamic=False, options=options)
+        return tuned_by_kernel_time(step) if tuned and tuning.tune_by_kernel_time else step
+    return torch.compile(gm, dynamic=True, mode="reduce-overhead" if cudagraph else None)

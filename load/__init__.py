@@ -1,0 +1,1 @@
+"""Stage 1, load: built-in model shapes, the Hugging Face model and its tokenizer."""

@@ -1,0 +1,1 @@
+"""Stage 6, report: timing of benchmark runs, and what is printed and written for the user."""

@@ -1,0 +1,104 @@
+"""What the user reads: the generated texts, the match line, the benchmark table and its JSON.
+
+Both run_llm.py and run_vlm.py end with `report_benchmark` in benchmark mode, and with
+`print_generation` and `print_match` otherwise (the spec's output blocks).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+from options import Options
+
+
+@dataclass
+class RunSetup:
+    """What a benchmark ran: printed beside its figures and written to the JSON."""
+
+    model: str
+    precision: str
+    batch_size: int
+    isl: int
+    osl: int
+    compiler: str
+    cache: str
+    device: str
+
+    @classmethod
+    def of(cls, options: Options) -> "RunSetup":
+        model, run = options.model, options.run
+        device = torch.cuda.get_device_name() if model.on_gpu else "cpu"
+        return cls(model.name, model.precision, run.batch_size, run.isl, run.num_tokens,
+                   options.compile.compiler, options.compile.cache or "none", device)
+
+
+def print_generation(label: str, text: str) -> None:
+    print(f"========= {label} =========")
+    print(f"{label} model generated text: {text}")
+    print("===================================")
+
+
+def print_match(label: str, reference: torch.Tensor, tokens: torch.Tensor) -> bool:
+    match = reference.shape == tokens.shape and bool(torch.equal(reference.cpu(), tokens.cpu()))
+    print(f"PyTorch and {label} outputs match: {match}")
+    return match
+
+
+COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
+           ("e2e_latency_ms", "E2E ms"), ("e2e_tokens_per_s", "E2E tok/s"), ("decode_bandwidth_tb_s", "decode TB/s"),
+           ("peak_memory_gb", "peak GB"), ("compile_s", "compile s"), ("token_agreement", "tokens = ref"),
+           ("vision_encoder_ms", "vision ms")]
+
+
+def cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        value = value["median"]
+    return f"{value:.2f}"
+
+
+def present_columns(rows) -> list[tuple[str, str]]:
+    """The COLUMNS that at least one row has a figure for (peak GPU memory is left out on a CPU, say)."""
+    rows = list(rows)
+    return [(key, title) for key, title in COLUMNS if any(row.get(key) is not None for row in rows)]
+
+
+def format_table(setup: RunSetup, results: dict[str, dict], notes: dict | None = None) -> str:
+    """A Markdown table (medians over the iterations), under a line that says what ran.
+
+    A column that no row has a figure for (peak GPU memory on a CPU, say) is left out.
+    """
+    header = ", ".join(f"{k}={v}" for k, v in asdict(setup).items())
+    if notes:
+        header += "; " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in notes.items())
+    columns = present_columns(results.values())
+    lines = [header,
+             "| backend | " + " | ".join(title for _, title in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for backend, figures in results.items():
+        lines.append(f"| {backend} | " + " | ".join(cell(figures.get(key)) for key, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+def report_benchmark(options: Options, results: dict[str, dict], notes: dict, footnotes: list[str],
+                     build_seconds: float) -> None:
+    """Print the table (and what its columns mean), and write the JSON when --output_json asks for it."""
+    setup = RunSetup.of(options)
+    print(format_table(setup, results, notes))
+    for line in footnotes:
+        print(line)
+    if options.run.output_json:
+        write_json(options.run.output_json, setup, results, {**notes, "build_seconds": build_seconds})
+
+
+def write_json(path: str, setup: RunSetup, results: dict, extra: dict | None = None) -> None:
+    """The results, with the setup and the command line that produced them."""
+    command = shlex.join(["python", *sys.argv])
+    with open(path, "w") as f:
+        json.dump({"setup": asdict(setup), "command": command, "results": results, **(extra or {})}, f, indent=2)
