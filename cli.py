@@ -2,7 +2,9 @@
 
 `add_common_arguments` declares the flags both scripts share (the spec's spellings and defaults);
 `options_from_args` checks them and returns frozen `options.Options`, before any model loads;
-`run_main` turns a UsageError into one line on stderr with exit status 2.
+`run_main` runs an entry point under the one rule of every script here: bad input is one line on
+stderr with exit status 2; Ctrl-C one line with 130; an unexpected error a first line saying what the
+run was doing, then its traceback (a bug report), exit status 1.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import argparse
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import sys
-from typing import Callable
+import traceback
+from typing import Callable, Sequence
 
 import torch
 
-from errors import UsageError, logger
+from errors import UsageError, activity_of, logger
 from load.presets import TINY_PRESETS
 from options import BASELINES, CACHES, COMPILER_LABELS, DTYPES, CompileOptions, ModelOptions, Options, RunOptions
 
@@ -83,10 +87,10 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
     for flag in ("num_tokens", "batch_size", "iterations", "isl", "min_block_size"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.output_json:
+        check_output_path(args.output_json)
+    device = device_of(args.device)
     on_gpu = device.startswith("cuda")
-    if on_gpu and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asks for a GPU, but no CUDA GPU is visible; use --device cpu")
     if args.compiler == "tensorrt":
         check_tensorrt_runs_here(device)
     if args.cudagraph and not on_gpu:
@@ -104,6 +108,57 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
                      args.enable_pytorch_run, tuple(baselines), args.output_json)
     return Options(model, compile_options, run, backend=getattr(args, "backend", "sdpa"),
                    plugin_path=getattr(args, "plugin_path", None), image_path=getattr(args, "image_path", None))
+
+
+def device_of(flag: str | None) -> str:
+    """--device as a torch device string: cpu, cuda or cuda:N (cuda when left out and a GPU is visible)."""
+    if flag is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(flag)
+    except RuntimeError:
+        raise UsageError(f"--device {flag} is not a device; use cpu, cuda or cuda:N (lower case)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {flag}: runs take cpu or cuda[:N], not {device.type}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {flag} asks for a GPU, but no CUDA GPU is visible; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {flag}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"numbered from 0; use --device cuda:0")
+    return str(device)
+
+
+def check_output_path(path: str) -> None:
+    """The results' path must be a file in an existing, writable folder: checked before any work."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"--output_json {path} is a folder; give a file path, for example "
+                         f"{os.path.join(path, 'results.json')}")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--output_json {path}: the folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"--output_json {path}: the folder {folder} is not writable; choose another path")
+
+
+def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """One warning per flag that was given but does nothing in this run."""
+    def given(dest: str) -> bool:
+        return hasattr(args, dest) and getattr(args, dest) != parser.get_default(dest)
+
+    unused = []
+    if args.benchmark and given("prompt"):
+        unused.append("--prompt is not used with --benchmark (the input is --isl random tokens)")
+    if not args.benchmark:
+        unused += [f"--{flag} is used only with --benchmark" for flag in ("isl", "iterations") if given(flag)]
+    if given("baselines") and not args.enable_pytorch_run:
+        unused.append("--baselines is used only with --enable_pytorch_run")
+    if given("min_block_size") and args.compiler != "tensorrt":
+        unused.append("--min_block_size is used only with --compiler tensorrt")
+    if given("plugin_path") and getattr(args, "backend", "sdpa") != "plugin":
+        unused.append("--plugin_path is used only with --backend plugin")
+    for line in unused:
+        logger.warning("%s; ignored", line)
 
 
 def _installed(distribution: str) -> bool:
@@ -135,13 +190,33 @@ def check_tensorrt_runs_here(device: str) -> None:
 
 
 def run_main(main: Callable[[Options], None], parser: argparse.ArgumentParser,
-             to_options: Callable[[argparse.Namespace], Options] = options_from_args) -> None:
-    """Parse, check, run, and turn a UsageError into one line on stderr with exit status 2."""
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s: %(message)s")
-    try:
+             to_options: Callable[[argparse.Namespace], Options] = options_from_args,
+             argv: Sequence[str] | None = None) -> None:
+    """Parse, check and run `main` under the one rule (module docstring); `argv` defaults to sys.argv."""
+    args = parser.parse_args(argv)
+
+    def work() -> None:
+        warn_unused(parser, args)
         main(to_options(args))
+
+    guarded(parser.prog, work, debug=getattr(args, "debug", False))
+
+
+def guarded(prog: str, work: Callable[[], object], debug: bool = False) -> None:
+    """Run `work` with the run's logging (`WARNING: ...` lines on stderr) and the one rule for errors
+    (module docstring); exits on any error."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s",
+                        force=True)
+    try:
+        work()
     except UsageError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as err:
+        print(f"{prog}: interrupted while {activity_of(err)}; no results were written", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        print(f"{prog}: internal error while {activity_of(err)}, a bug: please report it with this traceback",
+              file=sys.stderr)
+        traceback.print_exc()
+        sys.exit(1)

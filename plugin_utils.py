@@ -52,12 +52,14 @@ def _is_v2_creator(creator) -> bool:
     return isinstance(creator, trt.IPluginCreator) and getattr(creator, "plugin_version", None) == PLUGIN_VERSION
 
 
-def check_plugin_backend(model: ModelOptions, compiler: str, plugin_path_flag: str | None, config) -> None:
-    """Fail with one line when the plugin backend cannot serve this run (before any weights load)."""
+def check_plugin_backend(model: ModelOptions, compiler: str, plugin_path_flag: str | None, config,
+                         fallback: str = _FALLBACK) -> None:
+    """Fail with one line when the plugin backend cannot serve this run (before any weights load);
+    `fallback` ends the line with what to do instead."""
     family = getattr(config, "model_type", "?")
     if family not in PLUGIN_FAMILIES:
         raise UsageError(f"--backend plugin supports the {', '.join(PLUGIN_FAMILIES)} families, not {family}; "
-                         + _FALLBACK)
+                         + fallback)
     path = plugin_path(plugin_path_flag)
     if compiler != "tensorrt":
         if plugin_path_flag is not None and not os.path.isfile(path):
@@ -71,29 +73,29 @@ def check_plugin_backend(model: ModelOptions, compiler: str, plugin_path_flag: s
                          f"not {model.precision}; use --precision FP16, or --compiler eager")
     if head_dim(config) not in PLUGIN_HEAD_SIZES:
         raise UsageError(f"the AttentionPlugin handles head sizes {PLUGIN_HEAD_SIZES}, and {model.name} has "
-                         f"{head_dim(config)}; " + _FALLBACK)
+                         f"{head_dim(config)}; " + fallback)
     capability = torch.cuda.get_device_capability(model.device)
     if capability not in PLUGIN_CAPABILITIES:
         raise UsageError(f"the AttentionPlugin has no kernels for this GPU (compute capability "
                          f"{capability[0]}.{capability[1]}; it covers 8.0, 8.6, 8.7, 8.9, 10.0, 10.1, 12.0, 12.1); "
-                         + _FALLBACK)
+                         + fallback)
     if not os.path.isfile(path):
         raise UsageError(f"--backend plugin needs the Edge-LLM AttentionPlugin library, and {path} does not exist; "
                          f"build it (README: Plugin Backend Setup) and pass --plugin_path or set ${PLUGIN_PATH_ENV}, "
-                         + _FALLBACK)
+                         + fallback)
     if "tensorrt_edgellm" in path:
         raise UsageError(f"{path} is from the tensorrt-edgellm wheel, whose plugin has another contract (IPluginV3, "
-                         "paged KV cache); build the feature branch the README names, " + _FALLBACK)
+                         "paged KV cache); build the feature branch the README names, " + fallback)
     try:
         _load_library(path)
     except OSError as err:
         raise UsageError(f"cannot load {path} ({str(err).splitlines()[0]}); it needs TensorRT 10's libnvinfer, "
-                         + _FALLBACK) from None
+                         + fallback) from None
     creator = _registered_creator()
     if creator is None:
         raise UsageError(f"{path} loaded but registered no {PLUGIN_NAME}; build the feature branch the README names, "
-                         + _FALLBACK)
+                         + fallback)
     if not _is_v2_creator(creator):
         raise UsageError(f"{path} registers an {PLUGIN_NAME} of another kind (not the IPluginV2 version "
                          f"{PLUGIN_VERSION} of the feature branch; the tensorrt-edgellm wheel's is IPluginV3), "
-                         + _FALLBACK)
+                         + fallback)

@@ -22,16 +22,16 @@ import torch
 
 import plugin_utils
 from cli import add_common_arguments, new_parser, run_main
-from errors import logger
+from errors import doing, logger
 from export import export_llm
 from generation.baselines import HFCompiledStep, hf_forward_no_cache, hf_generate
 from generation.loops import Prompt, StopRule, generate_no_cache, generate_static_cache
-from load.models import check_positions, load_config, load_model
+from load.models import check_llm_family, check_positions, load_config, load_model
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
 from options import BASELINES, Options
 from plugin.compile import compile_plugin_model
 from plugin.model import PluginCausalLM, allocate_plugin_caches, generate_plugin
-from report.table import print_generation, print_match, report_benchmark
+from report.table import report_benchmark, report_generation
 from report.timing import copy_bandwidth_tb_s, decode_bytes_per_step, run_benchmark, token_agreement
 from utils import cached_model, compile_lowered, lower
 
@@ -49,45 +49,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def input_ids_for(options: Options, tokenizer, vocab_size: int) -> torch.Tensor:
-    """[B, T]: random tokens of length --isl in benchmark mode, else the prompt once per row."""
+def input_ids_for(options: Options, tokenizer, config) -> torch.Tensor:
+    """[B, T]: random tokens of length --isl in benchmark mode, else the prompt once per row; the length
+    is checked against the model's positions before anything is allocated."""
     run = options.run
+    prompt = None if run.benchmark else tokenizer.encode(run.prompt)
+    length = run.isl if run.benchmark else len(prompt)
+    check_positions(config, length + run.num_tokens, "input length + --num_tokens")
     if run.benchmark:
         generator = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, vocab_size, (run.batch_size, run.isl), generator=generator)
+        ids = torch.randint(0, config.vocab_size, (run.batch_size, run.isl), generator=generator)
     else:
-        ids = torch.tensor(tokenizer.encode(run.prompt)).unsqueeze(0).expand(run.batch_size, -1)
+        ids = torch.tensor(prompt).unsqueeze(0).expand(run.batch_size, -1)
     return ids.to(options.model.device)
+
+
+def build(model, options: Options, max_seq_len: int) -> tuple[Callable, object, list | None]:
+    """Export, lower and compile (sdpa backend), or swap in the plugin and compile: (compiled, the
+    static-cache model or None, the plugin's caches or None)."""
+    compile_options, model_options, batch_size = options.compile, options.model, options.run.batch_size
+    if options.backend == "plugin":
+        caches = allocate_plugin_caches(model, batch_size, max_seq_len, model_options.dtype, model_options.device)
+        return compile_plugin_model(PluginCausalLM(model), compile_options, caches, max_seq_len), None, caches
+    lowered = lower(export_llm(model, batch_size, max_seq_len), compile_options.cache, max_seq_len)
+    compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
+    cached = (cached_model(compiled, lowered, compile_options, model_options, batch_size, max_seq_len)
+              if compile_options.cache else None)
+    return compiled, cached, None
 
 
 def main(options: Options) -> None:
     model_options, compile_options, run = options.model, options.compile, options.run
     plugin = options.backend == "plugin"
-    config = load_config(model_options)
+    with doing("loading the model's config"):
+        config = load_config(model_options)
+        check_llm_family(config)
+    if run.benchmark:  # before the tokenizer loads and --isl random tokens are drawn
+        check_positions(config, run.isl + run.num_tokens, "--isl + --num_tokens")
     if plugin:
         plugin_utils.check_plugin_backend(model_options, compile_options.compiler, options.plugin_path, config)
         if compile_options.cache:
             logger.warning("--cache %s is ignored with --backend plugin: the plugin has its own KV cache",
                            compile_options.cache)
-    tokenizer = load_tokenizer(model_options, config)
-    input_ids = input_ids_for(options, tokenizer, config.vocab_size)
+    with doing("loading the tokenizer"):
+        tokenizer = load_tokenizer(model_options, config)
+        input_ids = input_ids_for(options, tokenizer, config)
     max_seq_len = input_ids.shape[1] + run.num_tokens
-    check_positions(config, max_seq_len, "input length + --num_tokens")
-
-    model = load_model(model_options, config)
+    with doing("loading the model"):
+        model = load_model(model_options, config)
     eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
     label = compile_options.label + ("-Plugin" if plugin else "")
 
     start = time.perf_counter()
-    if plugin:
-        plugin_caches = allocate_plugin_caches(model, run.batch_size, max_seq_len, model_options.dtype,
-                                               model_options.device)
-        compiled = compile_plugin_model(PluginCausalLM(model), compile_options, plugin_caches, max_seq_len)
-    else:
-        lowered = lower(export_llm(model, run.batch_size, max_seq_len), compile_options.cache, max_seq_len)
-        compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
-        cached = (cached_model(compiled, lowered, compile_options, model_options, run.batch_size, max_seq_len)
-                  if compile_options.cache else None)
+    with doing(f"exporting and compiling the model ({label})"):
+        compiled, cached, plugin_caches = build(model, options, max_seq_len)
     build_seconds = time.perf_counter() - start
 
     def stop_rule() -> StopRule:
@@ -120,14 +135,11 @@ def main(options: Options) -> None:
         return run_baseline
 
     if not run.benchmark:
-        reference = None
-        if run.enable_pytorch_run:
-            reference = pytorch_run(run.baselines[0])()
-            print_generation("PyTorch", tokenizer.decode(reference[0].tolist(), skip_special_tokens=True))
-        tokens = run_compiled()
-        print_generation(label, tokenizer.decode(tokens[0].tolist(), skip_special_tokens=True))
-        if reference is not None:
-            print_match(label, reference, tokens)
+        with doing("generating"):
+            reference = pytorch_run(run.baselines[0])() if run.enable_pytorch_run else None
+            tokens = run_compiled()
+        report_generation(options, label, partial(tokenizer.decode, skip_special_tokens=True),
+                          input_ids.shape[1], tokens, reference)
         return
 
     decode_bytes = decode_bytes_per_step(model, run.batch_size, run.isl, run.num_tokens)
@@ -136,10 +148,12 @@ def main(options: Options) -> None:
     measured = {}
     if run.enable_pytorch_run:
         for baseline in run.baselines:
-            measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
+            with doing(f"benchmarking the {baseline} baseline"):
+                measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
     compiled_row = label if plugin else f"{label}, {compile_options.cache or 'no cache'}"
     compiled_row += ", CUDA graphs" if compile_options.cudagraph else ""
-    measured[compiled_row] = measure(run_compiled, build_s=build_seconds)
+    with doing(f"benchmarking {compiled_row}"):
+        measured[compiled_row] = measure(run_compiled, build_s=build_seconds)
     footnotes = []
     if run.enable_pytorch_run:
         reference = next(iter(measured.values())).tokens

@@ -20,13 +20,13 @@ from functools import partial
 import torch
 
 from cli import add_common_arguments, new_parser, options_from_args, run_main
-from errors import UsageError
+from errors import UsageError, doing
 from export import export_llm
 from generation.loops import StopRule, generate_no_cache, generate_static_cache
 from load.models import check_positions, load_config
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
 from options import Options
-from report.table import print_generation, print_match, report_benchmark
+from report.table import report_benchmark, report_generation
 from report.timing import (
     copy_bandwidth_tb_s,
     decode_bytes_per_step,
@@ -66,18 +66,22 @@ def text_ids(options: Options, tokenizer, vocab_size: int) -> list[int]:
 
 def main(options: Options) -> None:
     model_options, compile_options, run = options.model, options.compile, options.run
-    config = load_config(model_options)
+    with doing("loading the model's config"):
+        config = load_config(model_options)
     family = FAMILIES.get(getattr(config, "model_type", None))
     if family is None:
         raise UsageError(f"run_vlm.py supports Qwen2.5-VL and Eagle2, not {model_options.name} "
                          f"({getattr(config, 'model_type', '?')}); use run_llm.py for text-only models")
     image = load_image(options.image_path)
     text_config = config.get_text_config()
-    tokenizer = load_tokenizer(model_options, text_config)
-
-    vlm = family.load(model_options, config)
-    inputs = vlm.inputs(image, text_ids(options, tokenizer, text_config.vocab_size), run.batch_size,
-                        model_options.device)
+    if run.benchmark:  # before --isl random tokens are drawn
+        check_positions(text_config, run.isl + run.num_tokens, "--isl + --num_tokens")
+    with doing("loading the tokenizer and the model"):
+        tokenizer = load_tokenizer(model_options, text_config)
+        vlm = family.load(model_options, config)
+    with doing("preprocessing the image"):
+        inputs = vlm.inputs(image, text_ids(options, tokenizer, text_config.vocab_size), run.batch_size,
+                            model_options.device)
     prompt_len = inputs.input_ids.shape[1]
     max_seq_len = prompt_len + run.num_tokens
     check_positions(text_config, max_seq_len, "image and text tokens + --num_tokens")
@@ -85,13 +89,14 @@ def main(options: Options) -> None:
     label = compile_options.label
 
     start = time.perf_counter()
-    vlm.compile_vision(compile_options, model_options, run.batch_size)
-    language_model = vlm.language_model()
-    lowered = lower(export_llm(language_model, run.batch_size, max_seq_len, embeds=True,
-                               position_rows=vlm.position_rows), compile_options.cache, max_seq_len)
-    compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
-    cached = (cached_model(compiled, lowered, compile_options, model_options, run.batch_size, max_seq_len)
-              if compile_options.cache else None)
+    with doing(f"exporting and compiling the model ({label})"):
+        vlm.compile_vision(compile_options, model_options, run.batch_size)
+        language_model = vlm.language_model()
+        lowered = lower(export_llm(language_model, run.batch_size, max_seq_len, embeds=True,
+                                   position_rows=vlm.position_rows), compile_options.cache, max_seq_len)
+        compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
+        cached = (cached_model(compiled, lowered, compile_options, model_options, run.batch_size, max_seq_len)
+                  if compile_options.cache else None)
     build_seconds = time.perf_counter() - start
 
     def stop_rule() -> StopRule:
@@ -115,14 +120,11 @@ def main(options: Options) -> None:
         return vlm.reference(inputs, run.num_tokens, stop_rule(), on_first_token)
 
     if not run.benchmark:
-        reference = None
-        if run.enable_pytorch_run:
-            reference = run_pytorch()
-            print_generation("PyTorch", tokenizer.decode(reference[0, prompt_len:].tolist(), skip_special_tokens=True))
-        tokens = run_compiled()
-        print_generation(label, tokenizer.decode(tokens[0, prompt_len:].tolist(), skip_special_tokens=True))
-        if reference is not None:
-            print_match(label, reference, tokens)
+        with doing("generating"):
+            reference = run_pytorch() if run.enable_pytorch_run else None
+            tokens = run_compiled()
+        report_generation(options, label, partial(tokenizer.decode, skip_special_tokens=True), prompt_len,
+                          tokens, reference, shown_from=prompt_len)
         return
 
     decode_bytes = decode_bytes_per_step(language_model, run.batch_size, prompt_len, run.num_tokens)
@@ -131,9 +133,11 @@ def main(options: Options) -> None:
     measured = {}
     reference_row = f"PyTorch ({vlm.reference_label})"
     if run.enable_pytorch_run:
-        measured[reference_row] = measure(run_pytorch)
+        with doing("benchmarking the PyTorch reference"):
+            measured[reference_row] = measure(run_pytorch)
     row = f"{label}, {compile_options.cache or 'no cache'}" + (", CUDA graphs" if compile_options.cudagraph else "")
-    measured[row] = measure(run_compiled, build_s=build_seconds)
+    with doing(f"benchmarking {row}"):
+        measured[row] = measure(run_compiled, build_s=build_seconds)
     measured[row].figures["vision_encoder_ms"] = summarize(vision_ms[-run.iterations:])
     if run.enable_pytorch_run:
         measured[row].figures["token_agreement"] = token_agreement(measured[reference_row].tokens,

@@ -34,12 +34,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import run_llm  # noqa: E402
-from cli import options_from_args, run_main  # noqa: E402
+from cli import device_of, options_from_args, run_main  # noqa: E402
 from compilers.kernel_timer import gpu_work  # noqa: E402
 from errors import UsageError  # noqa: E402
 from export import export_llm  # noqa: E402
 from generation.loops import Prompt, StopRule, generate_static_cache  # noqa: E402
-from load.models import load_config, load_model  # noqa: E402
+from load.models import check_llm_family, load_config, load_model  # noqa: E402
 from options import Options  # noqa: E402
 from report.timing import run_benchmark, time_generation  # noqa: E402
 from utils import cached_model, compile_lowered, lower  # noqa: E402
@@ -76,8 +76,8 @@ def profile_options(args: argparse.Namespace) -> Options:
     """run_llm.py's options for a static_v3 benchmark with CUDA graphs, with the comparisons' tuning."""
     if args.compiler == "tensorrt" or args.backend == "plugin":
         raise UsageError("profile_step.py profiles the sdpa backend under --compiler eager or inductor")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not (device.startswith("cuda") and torch.cuda.is_available()):
+    device = device_of(args.device)
+    if not device.startswith("cuda"):
         raise UsageError("profiling captures CUDA graphs and needs a CUDA device; pass --device cuda on a GPU")
     if args.num_tokens < 2:
         raise UsageError(f"--num_tokens {args.num_tokens} leaves no decode step to profile; use 2 or more")
@@ -95,7 +95,8 @@ def main(args: argparse.Namespace) -> None:
     set_inductor_options(args.inductor_config)
     model_options, compile_options, run = options.model, options.compile, options.run
     config = load_config(model_options)
-    input_ids = run_llm.input_ids_for(options, None, config.vocab_size)
+    check_llm_family(config, "profile_step.py")
+    input_ids = run_llm.input_ids_for(options, None, config)
     max_seq_len = run.isl + run.num_tokens
     model = load_model(model_options, config)
     lowered = lower(export_llm(model, run.batch_size, max_seq_len), compile_options.cache, max_seq_len)

@@ -23,27 +23,59 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cli import guarded, new_parser  # noqa: E402
+from errors import UsageError  # noqa: E402
+from options import BASELINES, CACHES, COMPILER_LABELS, DTYPES  # noqa: E402
 from report.table import cell, present_columns  # noqa: E402
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder for the JSON files and results.md")
+def shape(text: str) -> tuple[int, int]:
+    """An ISL/OSL pair such as 128/128."""
+    parts = text.split("/")
+    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not ISL/OSL, two positive numbers such as 128/128")
+    return int(parts[0]), int(parts[1])
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = new_parser("run_grid.py", __doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the JSON files and results.md (made if missing)")
     parser.add_argument("--models", nargs="+", required=True)
-    parser.add_argument("--shapes", nargs="+", default=["128/128"], help="ISL/OSL pairs")
-    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1])
-    parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--precision", default="FP16")
-    parser.add_argument("--compiler", default="inductor")
-    parser.add_argument("--cache", default="static_v3")
+    parser.add_argument("--shapes", nargs="+", type=shape, default=[(128, 128)], help="ISL/OSL pairs, e.g. 128/128")
+    parser.add_argument("--batch_sizes", nargs="+", type=positive, default=[1])
+    parser.add_argument("--iterations", type=positive, default=5)
+    parser.add_argument("--precision", default="FP16", choices=list(DTYPES))
+    parser.add_argument("--compiler", default="inductor", choices=list(COMPILER_LABELS))
+    parser.add_argument("--cache", default="static_v3", choices=["", *CACHES])
     parser.add_argument("--cudagraph", action=argparse.BooleanOptionalAction, default=True,
                         help="pass --cudagraph to run_llm.py")
-    parser.add_argument("--baselines", nargs="*", default=["hf_dynamic", "hf_static", "hf_compiled_step"],
+    parser.add_argument("--baselines", nargs="*", choices=list(BASELINES),
+                        default=["hf_dynamic", "hf_static", "hf_compiled_step"],
                         help="PyTorch baselines measured in the same run (none: no baseline)")
-    parser.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    parser.add_argument("--timeout", type=positive, default=1800, help="seconds per configuration")
     parser.add_argument("--resume", action="store_true",
                         help="keep the configurations whose JSON in --out came from the same command; run the rest")
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.out = os.path.abspath(args.out)  # the caller's folder, though each run starts in the repository
+    return args
+
+
+def check_grid(args: argparse.Namespace) -> None:
+    """What would fail every configuration: one line before any run."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out} is a file; give a folder (it is made if missing)")
+    if args.cudagraph:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("the grid passes --cudagraph, which needs a CUDA GPU, and none is visible; "
+                             "add --no-cudagraph to run on this machine")
 
 
 def command_for(args: argparse.Namespace, model: str, isl: int, osl: int, batch_size: int, json_path: str) -> list[str]:
@@ -57,12 +89,25 @@ def command_for(args: argparse.Namespace, model: str, isl: int, osl: int, batch_
     return command + ["--output_json", json_path]
 
 
+def read_results(json_path: str) -> dict | None:
+    """The JSON a configuration wrote, or None where it is missing or unreadable."""
+    try:
+        with open(json_path) as f:
+            results = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) and isinstance(results.get("results"), dict) else None
+
+
 def measured_before(json_path: str, shown: str) -> bool:
     """Whether json_path holds the results of this very command (what --resume keeps)."""
     if not os.path.exists(json_path):
         return False
-    with open(json_path) as f:
-        return json.load(f).get("command", "").split(" --output_json ")[0] == shown
+    results = read_results(json_path)
+    if results is None:
+        print(f"re-running: {json_path} is unreadable", flush=True)
+        return False
+    return results.get("command", "").split(" --output_json ")[0] == shown
 
 
 def run_configuration(command: list[str], json_path: str, timeout: int) -> str | None:
@@ -94,35 +139,43 @@ def table(rows: list[tuple[str, str, dict | str, str]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    args = parse_args()
+def main(args: argparse.Namespace) -> None:
+    check_grid(args)
     os.makedirs(args.out, exist_ok=True)
-    rows = []
+    rows, failures, total = [], [], 0
     for model in args.models:
-        for shape in args.shapes:
-            isl, osl = (int(n) for n in shape.split("/"))
+        for isl, osl in args.shapes:
             for batch_size in args.batch_sizes:
+                total += 1
                 json_path = os.path.join(args.out, f"{model.replace('/', '_')}_b{batch_size}_{isl}_{osl}.json")
                 command = command_for(args, model, isl, osl, batch_size, json_path)
                 shown = shlex.join(command[:-2])
                 configuration = f"{model} | {batch_size} | {isl}/{osl}"
                 if args.resume and measured_before(json_path, shown):
                     print(f"kept: {json_path}", flush=True)
+                    failure = None
                 else:
                     print(f"running: {shown}", flush=True)
                     failure = run_configuration(command, json_path, args.timeout)
-                    if failure is not None:
-                        print(failure, file=sys.stderr)
-                        rows.append((configuration, "", failure, shown))
-                        continue
-                with open(json_path) as f:
-                    results = json.load(f)["results"]
-                rows += [(configuration, backend, figures, shown) for backend, figures in results.items()]
+                results = read_results(json_path) if failure is None else None
+                if failure is None and results is None:
+                    failure = f"failed: {json_path} was not written or is unreadable"
+                if failure is not None:
+                    print(failure, file=sys.stderr)
+                    failures.append(f"{configuration}: {failure}")
+                    rows.append((configuration, "", failure, shown))
+                    continue
+                rows += [(configuration, backend, figures, shown) for backend, figures in results["results"].items()]
     text = table(rows)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text + "\n")
     print(text)
+    if failures:
+        print(f"run_grid.py: {len(failures)} of {total} configurations failed; the first: {failures[0]} "
+              f"(each one's output is in its .log in {args.out})", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    arguments = parse_args()
+    guarded("run_grid.py", lambda: main(arguments))

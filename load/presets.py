@@ -147,6 +147,11 @@ TINY_PRESETS["tiny-eagle2"] = _eagle2(
     image_token_index=300, image_start_id=301, image_end_id=302)
 
 
+# The config model_types each entry script runs (run_vlm.py's families are vlm/families.py's FAMILIES).
+LLM_FAMILIES = {"gpt2": "GPT-2", "llama": "Llama", "qwen2": "Qwen 2.5", "qwen3": "Qwen 3", "gemma3_text": "Gemma 3"}
+VLM_FAMILIES = {"qwen2_5_vl": "Qwen2.5-VL", "eagle2_structure": "Eagle2", "eagle_2_5_vl": "Eagle2"}
+
+
 def head_dim(config) -> int:
     """The attention head size of a text config (explicit, or hidden size over heads)."""
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -7,12 +7,15 @@ Both run_llm.py and run_vlm.py end with `report_benchmark` in benchmark mode, an
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 
 import torch
 
+from errors import UsageError
 from options import Options
 
 
@@ -43,10 +46,31 @@ def print_generation(label: str, text: str) -> None:
     print("===================================")
 
 
-def print_match(label: str, reference: torch.Tensor, tokens: torch.Tensor) -> bool:
-    match = reference.shape == tokens.shape and bool(torch.equal(reference.cpu(), tokens.cpu()))
+def print_match(label: str, reference: torch.Tensor, tokens: torch.Tensor, prompt_len: int) -> bool:
+    """The spec's match line: the same tokens, and at least one generated (an empty run matches nothing)."""
+    match = (reference.shape == tokens.shape and tokens.shape[1] > prompt_len
+             and bool(torch.equal(reference.cpu(), tokens.cpu())))
     print(f"PyTorch and {label} outputs match: {match}")
     return match
+
+
+def report_generation(options: Options, label: str, decode, prompt_len: int, tokens: torch.Tensor,
+                      reference: torch.Tensor | None, shown_from: int = 0) -> None:
+    """The spec's output blocks (PyTorch first, when it ran), the match line, and the JSON when asked for.
+
+    `decode` turns ids into text; each block shows row 0 from position `shown_from` on.
+    """
+    texts = {}
+    for name, ids in (("PyTorch", reference), (label, tokens)):
+        if ids is not None:
+            texts[name] = decode(ids[0, shown_from:].tolist())
+            print_generation(name, texts[name])
+    match = print_match(label, reference, tokens, prompt_len) if reference is not None else None
+    if options.run.output_json:
+        generated = {name: ids[:, prompt_len:].tolist() for name, ids in (("PyTorch", reference), (label, tokens))
+                     if ids is not None}
+        write_json(options.run.output_json, RunSetup.of(options),
+                   {"texts": texts, "new_tokens": generated, "match": match})
 
 
 COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
@@ -98,7 +122,24 @@ def report_benchmark(options: Options, results: dict[str, dict], notes: dict, fo
 
 
 def write_json(path: str, setup: RunSetup, results: dict, extra: dict | None = None) -> None:
-    """The results, with the setup and the command line that produced them."""
-    command = shlex.join(["python", *sys.argv])
-    with open(path, "w") as f:
-        json.dump({"setup": asdict(setup), "command": command, "results": results, **(extra or {})}, f, indent=2)
+    """The results, with the setup and the command line that produced them, written atomically: to a
+    temporary file beside `path`, then renamed over it, so a failed write leaves an older file as it was."""
+    payload = {"setup": asdict(setup), "command": shlex.join(["python", *sys.argv]), "results": results,
+               **(extra or {})}
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=".", suffix=".json.partial", dir=folder)
+    except OSError as err:
+        raise UsageError(f"cannot write --output_json {path} ({err.strerror}); nothing was written") from None
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException as err:
+        os.unlink(temporary)
+        if isinstance(err, OSError):
+            raise UsageError(f"cannot write --output_json {path} ({err.strerror or err}); nothing was written, "
+                             "and a file already there is kept") from None
+        raise

@@ -41,11 +41,38 @@ def test_resume_runs_only_what_another_command_measured(grid, monkeypatch, capsy
     run_grid = script_module("benchmarks", "run_grid.py")
     runs = []
     monkeypatch.setattr(run_grid, "run_configuration", lambda command, *_: runs.append(command) or "failed: not run")
-    monkeypatch.setattr(sys, "argv", ["run_grid.py", "--out", str(grid), *GRID, "--resume"])
-    run_grid.main()
+    run_grid.main(run_grid.parse_args(["--out", str(grid), *GRID, "--resume"]))
     assert runs == [] and "kept:" in capsys.readouterr().out
     rows = [line for line in (grid / "results.md").read_text().splitlines() if line.startswith("| tiny-llama")]
     assert len(rows) == 2  # from the JSON
-    monkeypatch.setattr(sys, "argv", ["run_grid.py", "--out", str(grid), *GRID[:-1], "hf_static", "--resume"])
-    run_grid.main()  # another baseline: another command, so it runs
+    with pytest.raises(SystemExit) as exit_status:  # another baseline: another command, so it runs (and "fails")
+        run_grid.main(run_grid.parse_args(["--out", str(grid), *GRID[:-1], "hf_static", "--resume"]))
     assert len(runs) == 1 and "hf_static" in runs[0]
+    assert exit_status.value.code == 1 and "1 of 1 configurations failed" in capsys.readouterr().err
+
+
+def test_resume_reruns_an_unreadable_json(tmp_path, monkeypatch, capsys):
+    run_grid = script_module("benchmarks", "run_grid.py")
+    (tmp_path / "tiny-llama_b1_8_4.json").write_text('{"setup": {"model": "tiny-')  # a run stopped while writing
+    runs = []
+    monkeypatch.setattr(run_grid, "run_configuration", lambda command, *_: runs.append(command) or "failed: not run")
+    with pytest.raises(SystemExit):
+        run_grid.main(run_grid.parse_args(["--out", str(tmp_path), *GRID, "--resume"]))
+    assert len(runs) == 1
+    assert f"re-running: {tmp_path / 'tiny-llama_b1_8_4.json'} is unreadable" in capsys.readouterr().out
+
+
+def test_a_failed_configuration_fails_the_grid(tmp_path, capsys):
+    """Every configuration timed out: exit status 1 and one summary line of how many failed and why."""
+    run_grid = script_module("benchmarks", "run_grid.py")
+    with pytest.raises(SystemExit) as exit_status:
+        run_grid.main(run_grid.parse_args(["--out", str(tmp_path), *GRID, "--timeout", "1"]))
+    assert exit_status.value.code == 1
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.startswith("run_grid.py: 1 of 1 configurations failed") and "timed out after 1 s" in summary
+
+
+def test_out_is_the_callers_folder(tmp_path, monkeypatch):
+    run_grid = script_module("benchmarks", "run_grid.py")
+    monkeypatch.chdir(tmp_path)
+    assert run_grid.parse_args(["--out", "results", *GRID]).out == str(tmp_path / "results")

@@ -144,7 +144,7 @@ def test_bad_input_is_one_line(case, tmp_path):
         "text-model": (["--model", "tiny-llama"], "use run_llm.py for text-only models"),
         "baseline": (["--enable_pytorch_run", "--baselines", "hf_static"], "leave out --baselines"),
         "bf16": (["--precision", "BF16"], "FP16 or FP32, not BF16"),
-        "unknown": (["--model", "someone/not-a-model", "--random_weights"], "cannot load model"),
+        "unknown": (["--model", "someone/not-a-model", "--random_weights"], "no built-in config"),
     }[case]
     model = [] if "--model" in args else ["--model", "tiny-qwen2.5-vl"]
     result = _run_vlm(*model, "--compiler", "eager", *args)

@@ -100,26 +100,19 @@ def run_op(compiler: str, inputs):
     return torch_tensorrt.dynamo.compile(program, arg_inputs=list(inputs), min_block_size=1)(*inputs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--compiler", default="eager", choices=["eager", "tensorrt"],
-                        help="eager: the op's PyTorch implementation; tensorrt: the plugin (needs its library)")
-    parser.add_argument("--plugin_path", default=None, help="the plugin library, for --compiler tensorrt")
-    args = parser.parse_args()
+def main(args: argparse.Namespace) -> None:
     dtype, device, tolerance = torch.float32, "cpu", 1e-5
-    if args.compiler == "tensorrt":
+    if args.compiler == "tensorrt":  # the same checks as run_llm.py's, each a one-line error
         from transformers import LlamaConfig
 
         import plugin_utils
-        from errors import UsageError
+        from cli import check_tensorrt_runs_here, device_of
         from options import ModelOptions
 
-        model = ModelOptions("this example", "FP16", "cuda")
+        check_tensorrt_runs_here(device_of(None))
         config = LlamaConfig(head_dim=D, hidden_size=HQ * D, num_attention_heads=HQ)
-        try:
-            plugin_utils.check_plugin_backend(model, "tensorrt", args.plugin_path, config)
-        except UsageError as err:
-            sys.exit(f"attention_plugin_example.py: error: {err}")
+        plugin_utils.check_plugin_backend(ModelOptions("this example", "FP16", "cuda"), "tensorrt",
+                                          args.plugin_path, config, fallback="or run this example with --compiler eager")
         dtype, device, tolerance = torch.float16, "cuda", 2e-2
 
     situations = [("prefill, empty cache", 5, [0, 0], True), ("prefill, past context", 3, [4, 9], True),
@@ -138,4 +131,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cli import guarded, new_parser
+
+    parser = new_parser("attention_plugin_example.py", __doc__.split("\n\n")[0])
+    parser.add_argument("--compiler", default="eager", choices=["eager", "tensorrt"],
+                        help="eager: the op's PyTorch implementation; tensorrt: the plugin (needs its library)")
+    parser.add_argument("--plugin_path", default=None, help="the plugin library, for --compiler tensorrt")
+    arguments = parser.parse_args()
+    guarded(parser.prog, lambda: main(arguments))

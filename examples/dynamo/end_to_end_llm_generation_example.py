@@ -26,38 +26,33 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import plugin_utils  # noqa: E402
+from cli import check_tensorrt_runs_here, device_of, guarded, new_parser  # noqa: E402
 from errors import UsageError  # noqa: E402
 from generation.baselines import hf_generate  # noqa: E402
 from generation.loops import StopRule  # noqa: E402
-from load.models import load_config, load_model  # noqa: E402
+from load.models import check_positions, load_config, load_model  # noqa: E402
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id  # noqa: E402
 from options import DTYPES, CompileOptions, ModelOptions  # noqa: E402
 from plugin.compile import compile_plugin_model  # noqa: E402
 from plugin.model import PluginCausalLM, allocate_plugin_caches, generate_plugin  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="model id, path or tiny-* preset")
-    parser.add_argument("--prompt", default="What is parallel programming?")
-    parser.add_argument("--num_tokens", type=int, default=32)
-    parser.add_argument("--precision", default="FP16", choices=list(DTYPES))
-    parser.add_argument("--compiler", default="eager", choices=["eager", "tensorrt"])
-    parser.add_argument("--plugin_path", default=None)
-    parser.add_argument("--random_weights", action="store_true")
-    args = parser.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def main(args: argparse.Namespace) -> None:
+    if args.num_tokens < 1:
+        raise UsageError(f"--num_tokens must be at least 1, got {args.num_tokens}")
+    device = device_of(None)
+    if args.compiler == "tensorrt":
+        check_tensorrt_runs_here(device)
     options = ModelOptions(args.model, args.precision, device, args.random_weights)
 
-    try:
-        config = load_config(options)  # 1. load
-        plugin_utils.check_plugin_backend(options, args.compiler, args.plugin_path, config)
-    except UsageError as err:
-        sys.exit(f"end_to_end_llm_generation_example.py: error: {err}")
+    config = load_config(options)  # 1. load
+    plugin_utils.check_plugin_backend(options, args.compiler, args.plugin_path, config,
+                                      fallback="or run this example with --compiler eager")
     tokenizer = load_tokenizer(options, config)
-    model = load_model(options, config)
     input_ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
     capacity = input_ids.shape[1] + args.num_tokens
+    check_positions(config, capacity, "prompt + --num_tokens")
+    model = load_model(options, config)
 
     caches = allocate_plugin_caches(model, 1, capacity, options.dtype, device)  # 4. caches
     step = compile_plugin_model(PluginCausalLM(model), CompileOptions(args.compiler), caches, capacity)  # 2., 3.
@@ -72,4 +67,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = new_parser("end_to_end_llm_generation_example.py", __doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="model id, path or tiny-* preset")
+    parser.add_argument("--prompt", default="What is parallel programming?")
+    parser.add_argument("--num_tokens", type=int, default=32)
+    parser.add_argument("--precision", default="FP16", choices=list(DTYPES))
+    parser.add_argument("--compiler", default="eager", choices=["eager", "tensorrt"])
+    parser.add_argument("--plugin_path", default=None)
+    parser.add_argument("--random_weights", action="store_true")
+    arguments = parser.parse_args()
+    guarded(parser.prog, lambda: main(arguments))
