@@ -175,3 +175,11 @@ def test_run_vlm_prints_the_spec_blocks(model):
     lines = result.stdout.splitlines()
     assert lines[0] == "========= PyTorch =========" and "========= Eager =========" in lines
     assert lines[-1] == "PyTorch and Eager outputs match: True"
+
+
+def test_run_llm_refuses_every_family_run_vlm_runs():
+    """load.presets.VLM_FAMILIES (what run_llm.py sends to run_vlm.py) names exactly vlm/families.py's families."""
+    from load.presets import VLM_FAMILIES
+    from vlm.families import FAMILIES
+
+    assert set(VLM_FAMILIES) == set(FAMILIES)
