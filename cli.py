@@ -68,6 +68,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
                       help="compiler of the lowered graph")
     comp.add_argument("--min_block_size", type=int, default=1, help="TensorRT: smallest block to convert")
     comp.add_argument("--debug", action="store_true", help="verbose compiler logging")
+    comp.add_argument("--quiet", action="store_true", help="no progress lines on stderr (warnings and errors only)")
     comp.add_argument("--cudagraph", action="store_true", help="run the compiled model through CUDA graphs")
 
     bench = parser.add_argument_group("benchmarking")
@@ -199,14 +200,15 @@ def run_main(main: Callable[[Options], None], parser: argparse.ArgumentParser,
         warn_unused(parser, args)
         main(to_options(args))
 
-    guarded(parser.prog, work, debug=getattr(args, "debug", False))
+    guarded(parser.prog, work, quiet=args.quiet, debug=args.debug)
 
 
-def guarded(prog: str, work: Callable[[], object], debug: bool = False) -> None:
-    """Run `work` with the run's logging (`WARNING: ...` lines on stderr) and the one rule for errors
-    (module docstring); exits on any error."""
+def guarded(prog: str, work: Callable[[], object], quiet: bool = False, debug: bool = False) -> None:
+    """Run `work` with the run's logging on stderr (the project's progress lines unless `quiet`; every
+    library's debug lines with `debug`) and the one rule for errors (module docstring); exits on any error."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s",
                         force=True)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     try:
         work()
     except UsageError as err:

@@ -1,16 +1,20 @@
 """The project's error for bad input, its logger, and what the run is doing: the bottom of the import graph.
 
 `doing(...)` names the stage a run is in, so that an unexpected error or a Ctrl-C can say where it
-happened (cli.run_main prints it).
+happened (cli.run_main prints it); `stage(...)` does that for a slow stage and also logs progress: a
+line when it starts, one every `HEARTBEAT_S` while it runs, and its time when it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from typing import Iterator
 
 logger = logging.getLogger("llm_tools")
+HEARTBEAT_S = 10.0  # no slow stage is silent for longer
 
 
 class UsageError(Exception):
@@ -31,3 +35,24 @@ def doing(what: str) -> Iterator[None]:
 
 def activity_of(err: BaseException) -> str:
     return getattr(err, "activity", "starting")
+
+
+@contextlib.contextmanager
+def stage(what: str) -> Iterator[None]:
+    """A slow stage (loading weights, compiling, a benchmark row): progress lines at INFO, and doing(what)."""
+    logger.info("%s ...", what)
+    began, finished = time.perf_counter(), threading.Event()
+
+    def heartbeat() -> None:
+        while not finished.wait(HEARTBEAT_S):
+            logger.info("%s: still running, %.0f s so far", what, time.perf_counter() - began)
+
+    beating = threading.Thread(target=heartbeat, daemon=True)
+    beating.start()
+    try:
+        with doing(what):
+            yield
+    finally:
+        finished.set()
+        beating.join()
+    logger.info("%s: done in %.1f s", what, time.perf_counter() - began)

@@ -22,7 +22,7 @@ import torch
 
 import plugin_utils
 from cli import add_common_arguments, new_parser, run_main
-from errors import doing, logger
+from errors import doing, logger, stage
 from export import export_llm
 from generation.baselines import HFCompiledStep, hf_forward_no_cache, hf_generate
 from generation.loops import Prompt, StopRule, generate_no_cache, generate_static_cache
@@ -95,13 +95,13 @@ def main(options: Options) -> None:
         tokenizer = load_tokenizer(model_options, config)
         input_ids = input_ids_for(options, tokenizer, config)
     max_seq_len = input_ids.shape[1] + run.num_tokens
-    with doing("loading the model"):
+    with stage("loading the model"):
         model = load_model(model_options, config)
     eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
     label = compile_options.label + ("-Plugin" if plugin else "")
 
     start = time.perf_counter()
-    with doing(f"exporting and compiling the model ({label})"):
+    with stage(f"exporting and compiling the model ({label})"):
         compiled, cached, plugin_caches = build(model, options, max_seq_len)
     build_seconds = time.perf_counter() - start
 
@@ -135,7 +135,7 @@ def main(options: Options) -> None:
         return run_baseline
 
     if not run.benchmark:
-        with doing("generating"):
+        with stage("generating"):
             reference = pytorch_run(run.baselines[0])() if run.enable_pytorch_run else None
             tokens = run_compiled()
         report_generation(options, label, partial(tokenizer.decode, skip_special_tokens=True),
@@ -148,11 +148,11 @@ def main(options: Options) -> None:
     measured = {}
     if run.enable_pytorch_run:
         for baseline in run.baselines:
-            with doing(f"benchmarking the {baseline} baseline"):
+            with stage(f"benchmarking the {baseline} baseline"):
                 measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
     compiled_row = label if plugin else f"{label}, {compile_options.cache or 'no cache'}"
     compiled_row += ", CUDA graphs" if compile_options.cudagraph else ""
-    with doing(f"benchmarking {compiled_row}"):
+    with stage(f"benchmarking {compiled_row}"):
         measured[compiled_row] = measure(run_compiled, build_s=build_seconds)
     footnotes = []
     if run.enable_pytorch_run:

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 
 from cli import add_common_arguments, new_parser, options_from_args, run_main
-from errors import UsageError, doing
+from errors import UsageError, doing, stage
 from export import export_llm
 from generation.loops import StopRule, generate_no_cache, generate_static_cache
 from load.models import check_positions, load_config
@@ -76,7 +76,7 @@ def main(options: Options) -> None:
     text_config = config.get_text_config()
     if run.benchmark:  # before --isl random tokens are drawn
         check_positions(text_config, run.isl + run.num_tokens, "--isl + --num_tokens")
-    with doing("loading the tokenizer and the model"):
+    with stage("loading the tokenizer and the model"):
         tokenizer = load_tokenizer(model_options, text_config)
         vlm = family.load(model_options, config)
     with doing("preprocessing the image"):
@@ -89,7 +89,7 @@ def main(options: Options) -> None:
     label = compile_options.label
 
     start = time.perf_counter()
-    with doing(f"exporting and compiling the model ({label})"):
+    with stage(f"exporting and compiling the model ({label})"):
         vlm.compile_vision(compile_options, model_options, run.batch_size)
         language_model = vlm.language_model()
         lowered = lower(export_llm(language_model, run.batch_size, max_seq_len, embeds=True,
@@ -120,7 +120,7 @@ def main(options: Options) -> None:
         return vlm.reference(inputs, run.num_tokens, stop_rule(), on_first_token)
 
     if not run.benchmark:
-        with doing("generating"):
+        with stage("generating"):
             reference = run_pytorch() if run.enable_pytorch_run else None
             tokens = run_compiled()
         report_generation(options, label, partial(tokenizer.decode, skip_special_tokens=True), prompt_len,
@@ -133,10 +133,10 @@ def main(options: Options) -> None:
     measured = {}
     reference_row = f"PyTorch ({vlm.reference_label})"
     if run.enable_pytorch_run:
-        with doing("benchmarking the PyTorch reference"):
+        with stage("benchmarking the PyTorch reference"):
             measured[reference_row] = measure(run_pytorch)
     row = f"{label}, {compile_options.cache or 'no cache'}" + (", CUDA graphs" if compile_options.cudagraph else "")
-    with doing(f"benchmarking {row}"):
+    with stage(f"benchmarking {row}"):
         measured[row] = measure(run_compiled, build_s=build_seconds)
     measured[row].figures["vision_encoder_ms"] = summarize(vision_ms[-run.iterations:])
     if run.enable_pytorch_run:

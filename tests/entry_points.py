@@ -46,8 +46,8 @@ def run_entry(capsys, script: str, argv: list[str]) -> tuple[int, str, str]:
 
 
 def error_lines(err: str) -> list[str]:
-    """stderr without the run's warnings (a flag that was ignored, the byte tokenizer standing in)."""
-    return [line for line in err.splitlines() if line.strip() and not line.startswith("WARNING:")]
+    """stderr without the run's progress lines and warnings (a flag that was ignored, the byte tokenizer)."""
+    return [line for line in err.splitlines() if line.strip() and not line.startswith(("WARNING:", "INFO:"))]
 
 
 def assert_one_line_error(script: str, status: int, out: str, err: str, expected: str) -> None:
