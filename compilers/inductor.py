@@ -18,6 +18,7 @@ whole step itself (cuda_graph_step.py). The others stay dynamic in the sequence 
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
@@ -134,6 +135,8 @@ def small_decode_options() -> dict:
 def compile_with_inductor(gm: GraphModule, cudagraph: bool = False, tuning: DecodeTuning = DecodeTuning()) -> Callable:
     """torch.compile of the lowered graph; `cudagraph` gives a dynamic graph (v1/v2, no cache) inductor's CUDA
     graphs."""
+    if not torch.cuda.is_available():  # inductor's C++ build warns on every CPU run that there is no CUDA
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     in_place = takes_cache_position(gm)
     tuned = in_place and tuned_for_small_decode(gm, tuning)
     gm = open_attention(gm, attention_for_inductor(tuning, tuned))
