@@ -99,15 +99,15 @@ def read_results(json_path: str) -> dict | None:
     return results if isinstance(results, dict) and isinstance(results.get("results"), dict) else None
 
 
-def measured_before(json_path: str, shown: str) -> bool:
-    """Whether json_path holds the results of this very command (what --resume keeps)."""
+def measured_before(json_path: str, shown: str) -> dict | None:
+    """The results json_path holds if they came from this very command (what --resume keeps), else None."""
     if not os.path.exists(json_path):
-        return False
+        return None
     results = read_results(json_path)
     if results is None:
         print(f"re-running: {json_path} is unreadable", flush=True)
-        return False
-    return results.get("command", "").split(" --output_json ")[0] == shown
+        return None
+    return results if results.get("command", "").split(" --output_json ")[0] == shown else None
 
 
 def run_configuration(command: list[str], json_path: str, timeout: int) -> str | None:
@@ -151,15 +151,16 @@ def main(args: argparse.Namespace) -> None:
                 command = command_for(args, model, isl, osl, batch_size, json_path)
                 shown = shlex.join(command[:-2])
                 configuration = f"{model} | {batch_size} | {isl}/{osl}"
-                if args.resume and measured_before(json_path, shown):
+                results = measured_before(json_path, shown) if args.resume else None
+                failure = None
+                if results is not None:
                     print(f"kept: {json_path}", flush=True)
-                    failure = None
                 else:
                     print(f"running: {shown}", flush=True)
                     failure = run_configuration(command, json_path, args.timeout)
-                results = read_results(json_path) if failure is None else None
-                if failure is None and results is None:
-                    failure = f"failed: {json_path} was not written or is unreadable"
+                    results = read_results(json_path) if failure is None else None
+                    if failure is None and results is None:
+                        failure = f"failed: {json_path} was not written or is unreadable"
                 if failure is not None:
                     print(failure, file=sys.stderr)
                     failures.append(f"{configuration}: {failure}")

@@ -47,16 +47,16 @@ def _did_you_mean(name: str) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _check_hub_has(name: str, random_weights: bool) -> bool:
-    """Whether the Hub id is in the local cache; if not, one attempt at the Hub (no retries): offline,
-    unknown and private names fail here, before any slow work."""
+def _check_hub_has(name: str, random_weights: bool) -> None:
+    """A Hub id not in the local cache gets one attempt at the Hub (no retries): offline, unknown and
+    private names fail here, before any slow work."""
     from huggingface_hub import constants, try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import build_hf_headers, get_session
 
     try:
         if isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return True
+            return
     except HFValidationError:
         raise UsageError(f"'{name}' is neither a folder here nor a Hub id (namespace/name){_did_you_mean(name)}; "
                          "check the path or the name") from None
@@ -77,7 +77,6 @@ def _check_hub_has(name: str, random_weights: bool) -> bool:
         raise UsageError(f"the Hub has no model '{name}' that this login can read (HTTP {response.status_code})"
                          f"{_did_you_mean(name)}; check the name, run `hf auth login` for a gated model, or "
                          + NO_DOWNLOAD)
-    return False
 
 
 def check_llm_family(config, script: str = "run_llm.py") -> None:

@@ -60,17 +60,15 @@ def report_generation(options: Options, label: str, decode, prompt_len: int, tok
 
     `decode` turns ids into text; each block shows row 0 from position `shown_from` on.
     """
-    texts = {}
+    texts, new_tokens = {}, {}
     for name, ids in (("PyTorch", reference), (label, tokens)):
         if ids is not None:
-            texts[name] = decode(ids[0, shown_from:].tolist())
+            texts[name], new_tokens[name] = decode(ids[0, shown_from:].tolist()), ids[:, prompt_len:].tolist()
             print_generation(name, texts[name])
     match = print_match(label, reference, tokens, prompt_len) if reference is not None else None
     if options.run.output_json:
-        generated = {name: ids[:, prompt_len:].tolist() for name, ids in (("PyTorch", reference), (label, tokens))
-                     if ids is not None}
         write_json(options.run.output_json, RunSetup.of(options),
-                   {"texts": texts, "new_tokens": generated, "match": match})
+                   {"texts": texts, "new_tokens": new_tokens, "match": match})
 
 
 COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
@@ -137,9 +135,10 @@ def write_json(path: str, setup: RunSetup, results: dict, extra: dict | None = N
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except BaseException as err:
+    except OSError as err:
         os.unlink(temporary)
-        if isinstance(err, OSError):
-            raise UsageError(f"cannot write --output_json {path} ({err.strerror or err}); nothing was written, "
-                             "and a file already there is kept") from None
+        raise UsageError(f"cannot write --output_json {path} ({err.strerror or err}); nothing was written, "
+                         "and a file already there is kept") from None
+    except BaseException:  # Ctrl-C, or a result json cannot encode: no partial file either
+        os.unlink(temporary)
         raise

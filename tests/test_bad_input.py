@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+
 from entry_points import assert_one_line_error, error_lines, run_entry
 
 LLM = ["--compiler", "eager", "--model", "tiny-llama", "--num_tokens", "2"]
