@@ -12,23 +12,10 @@ import torch
 
 from conftest import FAMILIES, lowered_graph, tiny_model
 from options import CACHES
-from trt_helpers import import_torch_tensorrt
+from trt_helpers import engines_built_not_loaded, import_torch_tensorrt
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.slow]
 MAX_SEQ_LEN = 64
-
-
-class _BuiltEngine:
-    """Stands in for the deserialized engine: deserializing needs a GPU; the bytes are already built."""
-
-    def __init__(self, data):
-        self.data = bytes(data)
-
-    def serialize(self):
-        return self.data
-
-    def get_aliased_input_tensor(self, name):
-        return None
 
 
 def build_engine(family: str, cache: str, batch_size: int = 1) -> tuple[bytes, list]:
@@ -42,7 +29,6 @@ def build_engine(family: str, cache: str, batch_size: int = 1) -> tuple[bytes, l
 
 def build_program(program, specs) -> tuple[bytes, list]:
     torch_tensorrt = import_torch_tensorrt()
-    import tensorrt as trt
     from torch_tensorrt.dynamo.conversion import _TRTInterpreter
 
     converted = []
@@ -53,9 +39,7 @@ def build_program(program, specs) -> tuple[bytes, list]:
             converted.append(node.target)
         return original_run_node(self, node)
 
-    stand_in = mock.patch.object(trt.Runtime, "deserialize_cuda_engine", lambda self, data: _BuiltEngine(data),
-                                 create=True)
-    with stand_in, mock.patch.object(_TRTInterpreter.TRTInterpreter, "run_node", recording_run_node):
+    with engines_built_not_loaded(), mock.patch.object(_TRTInterpreter.TRTInterpreter, "run_node", recording_run_node):
         # One engine for the whole graph: this call fails if any node has no converter.
         engine = torch_tensorrt.dynamo.convert_exported_program_to_serialized_trt_engine(
             program, arg_inputs=specs, min_block_size=1)

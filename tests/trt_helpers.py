@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from unittest import mock
 
 import pytest
 import torch
@@ -34,3 +36,58 @@ def network_of(gm: torch.fx.GraphModule, inputs):
     interpreter = TRTInterpreter(gm, inputs, compilation_settings=CompilationSettings())
     interpreter._construct_trt_network_def()
     return interpreter.ctx.net
+
+
+class _BuiltEngine:
+    """Stands in for a deserialized engine: deserializing needs a GPU; the bytes are already built."""
+
+    def __init__(self, data):
+        self.data = bytes(data)
+
+    def serialize(self):
+        return self.data
+
+    def get_aliased_input_tensor(self, name):
+        return None
+
+
+@contextlib.contextmanager
+def engines_built_not_loaded():
+    """Torch-TensorRT's build and partitioning run as they do on a GPU; the two steps that need one are
+    stood in for: deserializing the built engine, and the C++ runtime module's engine and execution
+    context (its TorchTensorRTModule keeps the serialized engine and its input and output names), with
+    the one setting Torch-TensorRT makes on that engine when an engine's output is the graph's."""
+    torch_tensorrt = import_torch_tensorrt()
+    import tensorrt as trt
+
+    runtime_module = torch_tensorrt.dynamo.runtime.TorchTensorRTModule
+    with mock.patch.object(trt.Runtime, "deserialize_cuda_engine", lambda self, data: _BuiltEngine(data),
+                           create=True), \
+            mock.patch.object(runtime_module, "setup_engine", lambda self: None), \
+            mock.patch.object(runtime_module, "set_output_tensors_as_unowned", lambda self, enabled: None):
+        yield
+
+
+def engines_and_leftovers(compiled: torch.fx.GraphModule) -> tuple[list, list[str]]:
+    """The TensorRT engines of a Torch-TensorRT compiled module, and the nodes it left to PyTorch: every
+    node that computes, at the top or inside a PyTorch-run submodule (`_run_on_gpu_N`), other than an
+    engine call and the unpacking of its outputs."""
+    import operator
+
+    from torch_tensorrt.dynamo.runtime import TorchTensorRTModule
+
+    engines, leftovers = [], []
+    for node in compiled.graph.nodes:
+        if node.op == "call_module":
+            submodule = compiled.get_submodule(node.target)
+            if isinstance(submodule, TorchTensorRTModule):
+                engines.append(submodule)
+            elif isinstance(submodule, torch.fx.GraphModule):
+                inner_engines, inner_leftovers = engines_and_leftovers(submodule)
+                engines += inner_engines
+                leftovers += inner_leftovers
+            else:
+                leftovers.append(node.format_node())
+        elif node.op in ("call_function", "call_method") and node.target is not operator.getitem:
+            leftovers.append(node.format_node())
+    return engines, leftovers
