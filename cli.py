@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from compilers.engine_cache import DEFAULT_ENGINE_CACHE_DIR
 from errors import UsageError, activity_of, logger
 from load.presets import TINY_PRESETS
 from options import BASELINES, CACHES, COMPILER_LABELS, DTYPES, CompileOptions, ModelOptions, Options, RunOptions
@@ -70,6 +71,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
     comp.add_argument("--debug", action="store_true", help="verbose compiler logging")
     comp.add_argument("--quiet", action="store_true", help="no progress lines on stderr (warnings and errors only)")
     comp.add_argument("--cudagraph", action="store_true", help="run the compiled model through CUDA graphs")
+    comp.add_argument("--engine_cache_dir", default=DEFAULT_ENGINE_CACHE_DIR, metavar="DIR",
+                      help="TensorRT: keep built engines here and reuse them in later runs with the same model "
+                           "shapes and settings (default: %(default)s)")
+    comp.add_argument("--no_engine_cache", action="store_true",
+                      help="TensorRT: build the engine every run, not refittable, and cache nothing")
 
     bench = parser.add_argument_group("benchmarking")
     bench.add_argument("--benchmark", action="store_true", help="time random inputs, not --prompt")
@@ -94,6 +100,8 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
     on_gpu = device.startswith("cuda")
     if args.compiler == "tensorrt":
         check_tensorrt_runs_here(device)
+        if not args.no_engine_cache:
+            check_cache_dir(args.engine_cache_dir)
     if args.cudagraph and not on_gpu:
         raise UsageError("--cudagraph needs a CUDA device; drop it or use --device cuda")
     if args.cudagraph and args.compiler == "eager" and args.cache != "static_v3":
@@ -104,7 +112,8 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
         baselines = default_baselines or (("hf_dynamic", "hf_static", "hf_compiled_step") if gpu_benchmark
                                           else ("hf_dynamic",))
     model = ModelOptions(args.model, args.precision, device, args.random_weights, args.tokenizer)
-    compile_options = CompileOptions(args.compiler, args.cache, args.cudagraph, args.min_block_size)
+    compile_options = CompileOptions(args.compiler, args.cache, args.cudagraph, args.min_block_size,
+                                     engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir)
     run = RunOptions(args.prompt, args.num_tokens, args.batch_size, args.benchmark, args.iterations, args.isl,
                      args.enable_pytorch_run, tuple(baselines), args.output_json)
     return Options(model, compile_options, run, backend=getattr(args, "backend", "sdpa"),
@@ -142,6 +151,18 @@ def check_output_path(path: str) -> None:
         raise UsageError(f"--output_json {path}: the folder {folder} is not writable; choose another path")
 
 
+def check_cache_dir(path: str) -> None:
+    """--engine_cache_dir must be a folder that exists or can be created, and be writable."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--engine_cache_dir {path} is a file; give a folder, or --no_engine_cache")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--engine_cache_dir {path}: {existing} is not writable; choose another folder "
+                         "or --no_engine_cache")
+
+
 def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One warning per flag that was given but does nothing in this run."""
     def given(dest: str) -> bool:
@@ -154,8 +175,9 @@ def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         unused += [f"--{flag} is used only with --benchmark" for flag in ("isl", "iterations") if given(flag)]
     if given("baselines") and not args.enable_pytorch_run:
         unused.append("--baselines is used only with --enable_pytorch_run")
-    if given("min_block_size") and args.compiler != "tensorrt":
-        unused.append("--min_block_size is used only with --compiler tensorrt")
+    unused += [f"--{flag} is used only with --compiler tensorrt"
+               for flag in ("min_block_size", "engine_cache_dir", "no_engine_cache")
+               if given(flag) and args.compiler != "tensorrt"]
     if given("plugin_path") and getattr(args, "backend", "sdpa") != "plugin":
         unused.append("--plugin_path is used only with --backend plugin")
     for line in unused:

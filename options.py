@@ -49,6 +49,7 @@ class CompileOptions:
     cudagraph: bool = False
     min_block_size: int = 1  # TensorRT: smallest block to convert
     tuning: DecodeTuning = field(default_factory=DecodeTuning)  # inductor's decode-step tuning
+    engine_cache_dir: str | None = None  # TensorRT: built engines are kept and reused here; None: always build
 
     @property
     def label(self) -> str:

@@ -8,13 +8,20 @@ what Torch-TensorRT cannot convert as it stands:
   - a `view` whose size list has a -1 where the size is a known constant gets that constant
     (TensorRT cannot always solve a wildcard next to a dynamic dimension; GPT-2 has one).
 Static caches are fixed-shape inputs; static_v1/v2's `start_idx`/`end_idx` are shape-tensor inputs.
+
+With an engine cache directory (compilers/engine_cache.py), Torch-TensorRT's engine cache keeps each
+built engine without its weights, and a later run of the same model structure, shapes, precision and
+--cache refits the stored engine with its weights instead of building it.
 """
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch.fx import GraphModule
 
+from compilers.engine_cache import engine_cache_settings
 from options import CompileOptions, ModelOptions
 from static_cache_common import START_END, cache_inputs
 from static_cache_v3 import POSITION_INPUT
@@ -43,41 +50,73 @@ def prepare_for_tensorrt(gm: GraphModule) -> GraphModule:
     return gm
 
 
+def bound_positions(gm: GraphModule, max_seq_len: int) -> None:
+    """Bound static_v1/v2's start_idx and end_idx for the export, with checks at the graph's start.
+
+    An integer input cannot take a bounded export Dim, and Torch-TensorRT bounds only the upper end of an
+    unbounded one, so without these the engine's profile lets end_idx be 0: an empty cache slice at the
+    profile's minimum, which TensorRT reports as an inconsistent profile.
+    """
+    placeholders = {node.name: node for node in gm.graph.find_nodes(op="placeholder")}
+    start_idx, end_idx = (placeholders[name] for name in START_END)
+    bounds = [(start_idx, operator.ge, 0), (start_idx, operator.lt, max_seq_len),
+              (end_idx, operator.ge, 1), (end_idx, operator.le, max_seq_len)]
+    with gm.graph.inserting_after(list(placeholders.values())[-1]):
+        for node, compare, bound in reversed(bounds):
+            check = gm.graph.call_function(torch._check, (None,))
+            with gm.graph.inserting_before(check):
+                check.args = (gm.graph.call_function(compare, (node, bound)),)
+    gm.recompile()
+
+
+def sequence_profiles(shape, max_seq_len: int) -> list[dict]:
+    """TensorRT optimization profiles of an input whose sequence length varies: `shape(length)` is its
+    shape at a length. Profile 0 is the decode step (one new token), profile 1 prefill (the prompt,
+    up to max_seq_len, tuned at its longest); the runtime picks the first profile the inputs fit."""
+    decode, longest = shape(1), shape(max_seq_len)
+    return [{"min_shape": decode, "opt_shape": decode, "max_shape": decode},
+            {"min_shape": decode, "opt_shape": longest, "max_shape": longest}]
+
+
 def tensorrt_program(gm: GraphModule, max_seq_len: int, device) -> tuple:
-    """(exported program, Torch-TensorRT input specs) of a lowered graph, with or without static caches."""
+    """(exported program, Torch-TensorRT input specs) of a lowered graph, with or without static caches.
+
+    The inputs whose length is the sequence length get the decode and prefill profiles. Torch-TensorRT
+    derives a shape tensor's profile from the export (its opt is the example's value, here end_idx 3).
+    """
     import torch_tensorrt
 
     gm = prepare_for_tensorrt(gm)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     example_len = min(3, max_seq_len)
     args, dynamic, specs = [], [], []
+
+    def sequence_input(meta, seq_dims, example):
+        def shape(length):
+            return tuple(length if i in seq_dims else int(size) for i, size in enumerate(meta.shape))
+
+        args.append(example)
+        dynamic.append({i: seq for i in seq_dims})
+        specs.append(torch_tensorrt.Input(profiles=sequence_profiles(shape, max_seq_len), dtype=meta.dtype))
+
     for node in gm.graph.find_nodes(op="placeholder")[:2]:  # ids or embeddings, and position ids
         meta = node.meta["val"]
-        sizes = [(i, size) for i, size in enumerate(meta.shape)]
-        seq_dims = [i for i, size in sizes if isinstance(size, torch.SymInt)]  # the sequence length
-
-        def shape(length):
-            return tuple(length if i in seq_dims else int(size) for i, size in sizes)
-
-        args.append(torch.zeros(shape(example_len), dtype=meta.dtype, device=device))
-        dynamic.append({i: seq for i in seq_dims})
-        specs.append(torch_tensorrt.Input(min_shape=shape(1), opt_shape=shape(max_seq_len),
-                                          max_shape=shape(max_seq_len), dtype=meta.dtype))
+        seq_dims = [i for i, size in enumerate(meta.shape) if isinstance(size, torch.SymInt)]
+        sizes = [example_len if i in seq_dims else int(size) for i, size in enumerate(meta.shape)]
+        sequence_input(meta, seq_dims, torch.zeros(sizes, dtype=meta.dtype, device=device))
     for node in cache_inputs(gm):
         meta = node.meta["val"]
         args.append(torch.zeros(meta.shape, dtype=meta.dtype, device=device))
         dynamic.append(None)
         specs.append(torch_tensorrt.Input(shape=tuple(meta.shape), dtype=meta.dtype))
-    names = [node.name for node in gm.graph.find_nodes(op="placeholder")]
-    if POSITION_INPUT in names:
-        args.append(torch.arange(example_len, device=device))
-        dynamic.append({0: seq})
-        specs.append(torch_tensorrt.Input(min_shape=(1,), opt_shape=(max_seq_len,), max_shape=(max_seq_len,),
-                                          dtype=torch.int64))
-    elif START_END[0] in names:
+    placeholders = {node.name: node for node in gm.graph.find_nodes(op="placeholder")}
+    if POSITION_INPUT in placeholders:
+        sequence_input(placeholders[POSITION_INPUT].meta["val"], [0], torch.arange(example_len, device=device))
+    elif START_END[0] in placeholders:
         args += [0, example_len]
         dynamic += [torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC]
-        # Scalar shape tensors: min/opt/max are the values start_idx and end_idx take.
+        bound_positions(gm, max_seq_len)
+        # Scalar shape tensors: their min/max are the values start_idx and end_idx take.
         specs += [torch_tensorrt.Input(min_shape=(0,), opt_shape=(0,), max_shape=(max_seq_len - 1,),
                                        dtype=torch.int64, is_shape_tensor=True),
                   torch_tensorrt.Input(min_shape=(1,), opt_shape=(max_seq_len,), max_shape=(max_seq_len,),
@@ -94,6 +133,7 @@ def compile_with_tensorrt(gm: GraphModule, options: CompileOptions, model: Model
 
     program, specs = tensorrt_program(gm, max_seq_len, model.device)
     compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=options.min_block_size,
-                                             use_fp32_acc=model.precision == "FP16")
+                                             use_fp32_acc=model.precision == "FP16",
+                                             **engine_cache_settings(options))
     torch_tensorrt.runtime.set_cudagraphs_mode(options.cudagraph)
     return compiled

@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from compilers.engine_cache import engine_cache_settings
+from compilers.tensorrt import sequence_profiles
 from options import CompileOptions
 from plugin.attention import rope_table
 from plugin.model import PluginCausalLM
@@ -39,12 +41,13 @@ def compile_plugin_with_tensorrt(plugin_lm: PluginCausalLM, options: CompileOpti
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     program = torch.export.export(plugin_lm, (tokens, per_row, rope, per_row, *caches),
                                   dynamic_shapes=({1: seq}, None, None, None, (None,) * len(caches)), strict=False)
-    specs = [torch_tensorrt.Input(min_shape=(batch_size, 1), opt_shape=(batch_size, max_seq_len),
-                                  max_shape=(batch_size, max_seq_len), dtype=torch.int64),
+    specs = [torch_tensorrt.Input(profiles=sequence_profiles(lambda length: (batch_size, length), max_seq_len),
+                                  dtype=torch.int64),
              torch_tensorrt.Input(shape=(batch_size,), dtype=torch.int32),
              torch_tensorrt.Input(shape=tuple(rope.shape), dtype=torch.float32),
              torch_tensorrt.Input(shape=(batch_size,), dtype=torch.int32),
              *[torch_tensorrt.Input(shape=tuple(c.shape), dtype=c.dtype) for c in caches]]
-    compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=options.min_block_size)
+    compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=options.min_block_size,
+                                             **engine_cache_settings(options))
     torch_tensorrt.runtime.set_cudagraphs_mode(options.cudagraph)
     return compiled

@@ -178,3 +178,40 @@ def test_tensorrt_rtx_on_a_gpu_it_cannot_run_on(monkeypatch, capability, refused
     with pytest.raises(cli.UsageError, match=r"torch-tensorrt-rtx .* \(compute capability 9\.0\); install "
                                              r"torch-tensorrt instead, or use --compiler inductor"):
         cli.options_from_args(args)
+
+
+def _tensorrt_options(monkeypatch, flags):
+    """options_from_args for `--device cuda --compiler tensorrt FLAGS`, on a GPU TensorRT can run on."""
+    import cli
+
+    monkeypatch.setattr(cli, "_installed", lambda name: name == "torch-tensorrt")
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: object())
+    args = script_module("run_llm.py").build_parser().parse_args(["--device", "cuda", "--compiler", "tensorrt",
+                                                                  *flags])
+    return cli.options_from_args(args)
+
+
+def test_the_engine_cache_is_on_by_default_and_can_be_moved_or_turned_off(monkeypatch, tmp_path):
+    from compilers.engine_cache import DEFAULT_ENGINE_CACHE_DIR
+
+    assert _tensorrt_options(monkeypatch, []).compile.engine_cache_dir == DEFAULT_ENGINE_CACHE_DIR
+    folder = str(tmp_path / "engines")
+    assert _tensorrt_options(monkeypatch, ["--engine_cache_dir", folder]).compile.engine_cache_dir == folder
+    assert not os.path.exists(folder)  # made by Torch-TensorRT when it stores the first engine
+    assert _tensorrt_options(monkeypatch, ["--no_engine_cache"]).compile.engine_cache_dir is None
+
+
+@pytest.mark.parametrize("kind", ["a file", "not writable"])
+def test_an_engine_cache_dir_that_cannot_hold_engines_is_refused(monkeypatch, tmp_path, kind):
+    import cli
+
+    path = tmp_path / "engines"
+    if kind == "a file":
+        path.write_text("")
+        expected = r"--engine_cache_dir .* is a file; give a folder, or --no_engine_cache"
+    else:
+        monkeypatch.setattr(cli.os, "access", lambda folder, mode: False)
+        expected = r"--engine_cache_dir .*: .* is not writable; choose another folder or --no_engine_cache"
+    with pytest.raises(cli.UsageError, match=expected):
+        _tensorrt_options(monkeypatch, ["--engine_cache_dir", str(path)])

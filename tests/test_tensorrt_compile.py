@@ -20,15 +20,18 @@ pytestmark = [pytest.mark.tensorrt, pytest.mark.slow]
 MAX_SEQ_LEN = 16
 
 
-def compile_as_run_llm_does(gm, family: str, cache: str):
-    """utils.compile_lowered for `--compiler tensorrt --cache CACHE --precision FP32` on the CPU."""
+def compile_as_run_llm_does(gm, family: str, cache: str, precision: str = "FP32", engine_cache_dir=None):
+    """utils.compile_lowered for `--compiler tensorrt --cache CACHE --precision PRECISION` on the CPU
+    (with `--engine_cache_dir DIR`, or `--no_engine_cache` where it is None): the Torch-TensorRT module,
+    and the graph modules whose weights refitted an engine taken from the engine cache."""
     import_torch_tensorrt()
     from compilers.in_place_step import InPlaceCacheStep
     from utils import compile_lowered
 
-    with engines_built_not_loaded():
-        compiled = compile_lowered(gm, CompileOptions("tensorrt", cache), ModelOptions(family, "FP32"), MAX_SEQ_LEN)
-    return compiled.model if isinstance(compiled, InPlaceCacheStep) else compiled
+    options = CompileOptions("tensorrt", cache, engine_cache_dir=engine_cache_dir)
+    with engines_built_not_loaded() as refits:
+        compiled = compile_lowered(gm, options, ModelOptions(family, precision), MAX_SEQ_LEN)
+    return (compiled.model if isinstance(compiled, InPlaceCacheStep) else compiled), refits
 
 
 def assert_one_engine_nothing_left(compiled, what: str):
@@ -46,7 +49,7 @@ def test_the_user_call_gives_one_engine_and_nothing_left_to_pytorch(family, cach
     gm = lowered_graph(tiny_model(family), 1, MAX_SEQ_LEN, cache)
     caches = [node.name for node in cache_inputs(gm)]
     assert len(caches) == (2 * tiny_model(family).config.num_hidden_layers if cache else 0)
-    engine = assert_one_engine_nothing_left(compile_as_run_llm_does(gm, family, cache), f"{family} {cache or 'no cache'}")
+    engine = assert_one_engine_nothing_left(compile_as_run_llm_does(gm, family, cache)[0], f"{family} {cache or 'no cache'}")
     # Every cache reaches the engine as an input and comes back as an output, after the logits.
     assert set(caches) <= set(engine.input_binding_names)
     assert len(engine.output_binding_names) == 1 + len(caches)
@@ -61,7 +64,7 @@ def test_vlm_language_models_give_one_engine(family):
     vlm = tiny_vlm(family)
     gm = lower(export_llm(vlm.language_model(), 1, MAX_SEQ_LEN, embeds=True, position_rows=vlm.position_rows),
                "static_v2", MAX_SEQ_LEN)
-    assert_one_engine_nothing_left(compile_as_run_llm_does(gm, family, "static_v2"), f"{family} language model")
+    assert_one_engine_nothing_left(compile_as_run_llm_does(gm, family, "static_v2")[0], f"{family} language model")
 
 
 def test_the_plugin_backend_gives_one_engine(monkeypatch):
@@ -122,8 +125,145 @@ def test_a_node_left_to_pytorch_is_counted(monkeypatch):
     compile_ = torch_tensorrt.dynamo.compile
     monkeypatch.setattr(torch_tensorrt.dynamo, "compile",
                         lambda *args, **kwargs: compile_(*args, **kwargs, torch_executed_ops={attention}))
-    compiled = compile_as_run_llm_does(lowered_graph(tiny_model("tiny-llama"), 1, MAX_SEQ_LEN, "static_v2"),
-                                       "tiny-llama", "static_v2")
+    compiled, _ = compile_as_run_llm_does(lowered_graph(tiny_model("tiny-llama"), 1, MAX_SEQ_LEN, "static_v2"),
+                                          "tiny-llama", "static_v2")
     engines, leftovers = engines_and_leftovers(compiled)
     assert len([node for node in leftovers if "llm_tools.attention" in node]) == 2  # one per layer
     assert len(engines) > 1
+
+
+def counting_builds(monkeypatch) -> list:
+    """Each TensorRT build Torch-TensorRT starts, appended to the returned list."""
+    from torch_tensorrt.dynamo.conversion import _TRTInterpreter
+
+    builds = []
+    run = _TRTInterpreter.TRTInterpreter.run
+    monkeypatch.setattr(_TRTInterpreter.TRTInterpreter, "run",
+                        lambda self, *args, **kwargs: builds.append(self) or run(self, *args, **kwargs))
+    return builds
+
+
+def test_a_second_build_is_an_engine_cache_hit_and_other_settings_miss(tmp_path, monkeypatch):
+    """The same model and settings again: no engine is built, the cached one is refitted with the
+    run's weights. Another precision or another --cache builds a new engine.
+
+    Without CUDA, TensorRT-RTX cannot build a refittable network (its Myelin compiler needs the GPU), so
+    here the builder is asked for a plain engine; hashing, storing and looking up are Torch-TensorRT's."""
+    torch_tensorrt = import_torch_tensorrt()
+    import tensorrt as trt
+
+    assert torch_tensorrt.ENABLED_FEATURES.refit
+    build = trt.Builder.build_serialized_network
+
+    def build_here(self, network, config):
+        assert config.get_flag(trt.BuilderFlag.REFIT)  # what a GPU build is asked for
+        config.clear_flag(trt.BuilderFlag.REFIT)
+        return build(self, network, config)
+
+    monkeypatch.setattr(trt.Builder, "build_serialized_network", build_here)
+    builds = counting_builds(monkeypatch)
+
+    def compile_counting(cache: str, precision: str = "FP32"):
+        del builds[:]
+        gm = lowered_graph(tiny_model("tiny-llama", precision=precision), 1, MAX_SEQ_LEN, cache)
+        compiled, refits = compile_as_run_llm_does(gm, "tiny-llama", cache, precision, str(tmp_path))
+        engine, = engines_and_leftovers(compiled)[0]
+        return len(builds), refits, engine
+
+    built, refits, first = compile_counting("static_v2")
+    assert (built, refits) == (1, []) and any(tmp_path.iterdir())
+    built, refits, second = compile_counting("static_v2")
+    assert built == 0 and len(refits) == 1  # a hit: refitted with this run's weights, not built
+    assert second.serialized_engine == first.serialized_engine
+    assert second.input_binding_names == first.input_binding_names
+    assert compile_counting("static_v2", "FP16")[0] == 1
+    assert compile_counting("static_v3")[0] == 1
+    assert compile_counting("static_v3")[0] == 0
+
+
+def test_without_an_engine_cache_every_run_builds(monkeypatch):
+    """--no_engine_cache: no engine cache is made, and a second run builds again."""
+    import_torch_tensorrt()
+    from torch_tensorrt.dynamo import _engine_cache
+
+    builds, caches_made = counting_builds(monkeypatch), []
+    monkeypatch.setattr(_engine_cache.DiskEngineCache, "__init__", lambda self, *args: caches_made.append(args))
+    for _ in range(2):
+        compile_as_run_llm_does(lowered_graph(tiny_model("tiny-llama"), 1, MAX_SEQ_LEN, "static_v2"),
+                                "tiny-llama", "static_v2")
+    assert len(builds) == 2 and caches_made == []
+
+
+def test_a_model_of_the_same_layers_and_another_width_misses(tmp_path):
+    """Torch-TensorRT's own key is the op sequence: it cannot tell tiny-llama from tiny-llama with a wider
+    MLP (the cache input shapes are the same too). The project's key can, and ignores weight values."""
+    torch_tensorrt = import_torch_tensorrt()
+    from torch_tensorrt.dynamo import CompilationSettings
+    from torch_tensorrt.dynamo._engine_cache import DiskEngineCache
+
+    from compilers.engine_cache import disk_engine_cache
+    from load.models import load_config, load_model
+
+    options = ModelOptions("tiny-llama")
+    config = load_config(options)
+    config.intermediate_size *= 2
+    wider = load_model(options, config)
+    reseeded = load_model(options, load_config(options))
+    with torch.no_grad():
+        for weight in reseeded.parameters():
+            weight.add_(0.5)  # the same structure, other weights: a refit, not a miss
+    graphs = [lowered_graph(model, 1, MAX_SEQ_LEN, "static_v2")
+              for model in (tiny_model("tiny-llama"), wider, reseeded)]
+    specs = [torch_tensorrt.Input(shape=(1, 4), dtype=torch.int64)]
+    settings = CompilationSettings()
+    theirs = [DiskEngineCache.get_hash(gm, specs, settings) for gm in graphs]
+    ours = [disk_engine_cache(str(tmp_path)).get_hash(gm, specs, settings) for gm in graphs]
+    assert theirs[0] == theirs[1] == theirs[2]
+    assert ours[0] != ours[1]
+    assert ours[0] == ours[2]
+
+
+def engine_profiles(interpreter) -> list[dict]:
+    """{input name: (min, opt, max)} of each optimization profile of a built network: shapes of the
+    dynamic tensor inputs, values of the shape-tensor inputs."""
+    network, profiles = interpreter.ctx.net, []
+    for profile in interpreter.optimization_profiles:
+        shapes = {}
+        for tensor in (network.get_input(i) for i in range(network.num_inputs)):
+            if tensor.is_shape_tensor:
+                shapes[tensor.name] = tuple(tuple(value) for value in profile.get_shape_input(tensor.name))
+            elif -1 in tuple(tensor.shape):
+                shapes[tensor.name] = tuple(tuple(shape) for shape in profile.get_shape(tensor.name))
+        profiles.append(shapes)
+    return profiles
+
+
+@pytest.mark.parametrize("cache", CACHES)
+def test_the_engine_has_a_decode_profile_and_a_prefill_profile(cache, monkeypatch):
+    """Profile 0 is built for one new token, profile 1 for prompts of 1 to max_seq_len tokens (tuned at the
+    longest); static_v1/v2's end_idx never goes below 1 (an empty cache slice no step asks for)."""
+    import_torch_tensorrt()
+    builds = counting_builds(monkeypatch)
+    compile_as_run_llm_does(lowered_graph(tiny_model("tiny-llama"), 1, MAX_SEQ_LEN, cache), "tiny-llama", cache)
+    decode, prefill = engine_profiles(builds[0])
+    sequence_inputs = ["input_ids", "position_ids"] + (["cache_position"] if cache == "static_v3" else [])
+    for name in sequence_inputs:
+        one, longest = ((1,), (MAX_SEQ_LEN,)) if name == "cache_position" else ((1, 1), (1, MAX_SEQ_LEN))
+        assert decode[name] == (one, one, one)
+        assert prefill[name] == (one, longest, longest)
+    if cache != "static_v3":
+        for profile in (decode, prefill):
+            end_min, _, end_max = profile["end_idx"]
+            assert (end_min, end_max) == ((1,), (MAX_SEQ_LEN,))
+
+
+def test_without_the_position_bounds_end_idx_could_be_zero(monkeypatch):
+    """The profile check can fail: without compilers.tensorrt.bound_positions, end_idx's profile starts at 0."""
+    import_torch_tensorrt()
+    from compilers import tensorrt
+
+    monkeypatch.setattr(tensorrt, "bound_positions", lambda gm, max_seq_len: None)
+    builds = counting_builds(monkeypatch)
+    compile_as_run_llm_does(lowered_graph(tiny_model("tiny-llama"), 1, MAX_SEQ_LEN, "static_v2"),
+                            "tiny-llama", "static_v2")
+    assert engine_profiles(builds[0])[0]["end_idx"][0] == (0,)

@@ -50,22 +50,34 @@ class _BuiltEngine:
     def get_aliased_input_tensor(self, name):
         return None
 
+    def create_serialization_config(self):
+        return mock.Mock()  # its flags (weights left out of a cached engine) only matter to a real engine
+
+    def serialize_with_config(self, config):
+        return self.data
+
 
 @contextlib.contextmanager
 def engines_built_not_loaded():
     """Torch-TensorRT's build and partitioning run as they do on a GPU; the two steps that need one are
     stood in for: deserializing the built engine, and the C++ runtime module's engine and execution
     context (its TorchTensorRTModule keeps the serialized engine and its input and output names), with
-    the one setting Torch-TensorRT makes on that engine when an engine's output is the graph's."""
+    the one setting Torch-TensorRT makes on that engine when an engine's output is the graph's, and the
+    refit of an engine taken from the engine cache (it refits a deserialized engine). Yields the list of
+    those refits, one graph module each."""
     torch_tensorrt = import_torch_tensorrt()
     import tensorrt as trt
+    from torch_tensorrt.dynamo import _refit
 
     runtime_module = torch_tensorrt.dynamo.runtime.TorchTensorRTModule
+    refits = []
     with mock.patch.object(trt.Runtime, "deserialize_cuda_engine", lambda self, data: _BuiltEngine(data),
                            create=True), \
             mock.patch.object(runtime_module, "setup_engine", lambda self: None), \
-            mock.patch.object(runtime_module, "set_output_tensors_as_unowned", lambda self, enabled: None):
-        yield
+            mock.patch.object(runtime_module, "set_output_tensors_as_unowned", lambda self, enabled: None), \
+            mock.patch.object(_refit, "_refit_single_trt_engine_with_gm",
+                              lambda new_gm, **kwargs: refits.append(new_gm)):
+        yield refits
 
 
 def engines_and_leftovers(compiled: torch.fx.GraphModule) -> tuple[list, list[str]]:

@@ -68,8 +68,11 @@ class Eagle2:
         else:
             import torch_tensorrt
 
+            from compilers.engine_cache import engine_cache_settings
+
             self.vision = torch_tensorrt.dynamo.compile(program, arg_inputs=[example],
-                                                        min_block_size=options.min_block_size)
+                                                        min_block_size=options.min_block_size,
+                                                        **engine_cache_settings(options))
 
     def language_model(self) -> LanguageModel:
         lm = self.model.language_model
