@@ -59,12 +59,11 @@ class _BuiltEngine:
 
 @contextlib.contextmanager
 def engines_built_not_loaded():
-    """Torch-TensorRT's build and partitioning run as they do on a GPU; the two steps that need one are
-    stood in for: deserializing the built engine, and the C++ runtime module's engine and execution
-    context (its TorchTensorRTModule keeps the serialized engine and its input and output names), with
-    the one setting Torch-TensorRT makes on that engine when an engine's output is the graph's, and the
-    refit of an engine taken from the engine cache (it refits a deserialized engine). Yields the list of
-    those refits, one graph module each."""
+    """Torch-TensorRT's build and partitioning run as they do on a GPU; what needs one is stood in for:
+    deserializing the built engine; the C++ runtime module's engine and execution context (its
+    TorchTensorRTModule keeps the serialized engine and its input and output names) and the one setting
+    made on that engine when an engine's output is the graph's; the refit of an engine taken from the
+    engine cache (it refits a deserialized engine). Yields the list of those refits, one graph module each."""
     torch_tensorrt = import_torch_tensorrt()
     import tensorrt as trt
     from torch_tensorrt.dynamo import _refit
