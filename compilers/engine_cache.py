@@ -23,9 +23,10 @@ DEFAULT_ENGINE_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.p
 ENGINE_CACHE_BYTES = 64 << 30  # the engines are stored without weights; the oldest go first past this
 
 
-def structure_key(gm: torch.fx.GraphModule) -> str:
-    """A hash of every node's op, target, arguments and output shape (a weight's: its shape and dtype)."""
-    lines = []
+def structure_key(gm: torch.fx.GraphModule, attention: str = "") -> str:
+    """A hash of every node's op, target, arguments and output shape (a weight's: its shape and dtype),
+    and of the layers the attention converts to."""
+    lines = [attention]
     for node in gm.graph.nodes:
         value = operator.attrgetter(node.target)(gm) if node.op == "get_attr" else node.meta.get("val")  # a weight
         shape = (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else None
@@ -40,7 +41,9 @@ def disk_engine_cache(directory: str):
     class StructureKeyedEngineCache(DiskEngineCache):
         @staticmethod
         def get_hash(gm, input_specs, settings) -> str:
-            return DiskEngineCache.get_hash(gm, input_specs, settings) + structure_key(gm)
+            import sdpa_converter  # the attention's conversion (one engine or the other for the same graph)
+
+            return DiskEngineCache.get_hash(gm, input_specs, settings) + structure_key(gm, sdpa_converter.LAYERS)
 
     return StructureKeyedEngineCache(directory, ENGINE_CACHE_BYTES)
 

@@ -8,6 +8,8 @@ what Torch-TensorRT cannot convert as it stands:
   - a `view` whose size list has a -1 where the size is a known constant gets that constant
     (TensorRT cannot always solve a wildcard next to a dynamic dimension; GPT-2 has one).
 Static caches are fixed-shape inputs; static_v1/v2's `start_idx`/`end_idx` are shape-tensor inputs.
+The canonical attention becomes TensorRT's attention layer where the installed TensorRT has one, else
+matrix products and a softmax (sdpa_converter.py); the run logs which.
 
 With an engine cache directory (compilers/engine_cache.py), Torch-TensorRT's engine cache keeps each
 built engine without its weights, and a later run of the same model structure, shapes, precision and
@@ -16,6 +18,7 @@ built engine without its weights, and a later run of the same model structure, s
 
 from __future__ import annotations
 
+import logging
 import operator
 
 import torch
@@ -25,6 +28,10 @@ from compilers.engine_cache import engine_cache_settings
 from options import CompileOptions, ModelOptions
 from static_cache_common import START_END, cache_inputs
 from static_cache_v3 import POSITION_INPUT
+
+logger = logging.getLogger("llm_tools")
+ATTENTION_AS = {"attention_layer": "TensorRT's attention layer (fused kernels)",
+                "matmul_softmax": "matrix products and a softmax (this TensorRT has no attention layer)"}
 
 
 def scatter_rows(cache: torch.Tensor, cache_position: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -78,17 +85,30 @@ def sequence_profiles(shape, max_seq_len: int) -> list[dict]:
             {"min_shape": decode, "opt_shape": longest, "max_shape": longest}]
 
 
+def end_profiles(max_seq_len: int) -> list[dict]:
+    """static_v1/v2's end_idx in the decode and prefill profiles. A profile's opt values must agree
+    (end_idx - start_idx = L at start_idx 0): decode tunes for the first new token, prefill for the
+    longest prompt."""
+    return [{"min_shape": (1,), "opt_shape": (1,), "max_shape": (max_seq_len,)},
+            {"min_shape": (1,), "opt_shape": (max_seq_len,), "max_shape": (max_seq_len,)}]
+
+
 def tensorrt_program(gm: GraphModule, max_seq_len: int, device) -> tuple:
     """(exported program, Torch-TensorRT input specs) of a lowered graph, with or without static caches.
 
     The inputs whose length is the sequence length get the decode and prefill profiles. Torch-TensorRT
-    derives a shape tensor's profile from the export (its opt is the example's value, here end_idx 3).
+    derives a shape tensor's profile from the export (its opt is the example's value, here end_idx 5).
     """
     import torch_tensorrt
 
     gm = prepare_for_tensorrt(gm)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
+    placeholders = {node.name: node for node in gm.graph.find_nodes(op="placeholder")}
     example_len = min(3, max_seq_len)
+    if START_END[0] in placeholders:
+        example_start, example_len = 2, min(3, max_seq_len - 2)
+        if example_len < 2:
+            raise ValueError(f"static_v1/v2 under TensorRT need max_seq_len of at least 4, got {max_seq_len}")
     args, dynamic, specs = [], [], []
 
     def sequence_input(meta, seq_dims, example):
@@ -109,18 +129,19 @@ def tensorrt_program(gm: GraphModule, max_seq_len: int, device) -> tuple:
         args.append(torch.zeros(meta.shape, dtype=meta.dtype, device=device))
         dynamic.append(None)
         specs.append(torch_tensorrt.Input(shape=tuple(meta.shape), dtype=meta.dtype))
-    placeholders = {node.name: node for node in gm.graph.find_nodes(op="placeholder")}
     if POSITION_INPUT in placeholders:
         sequence_input(placeholders[POSITION_INPUT].meta["val"], [0], torch.arange(example_len, device=device))
     elif START_END[0] in placeholders:
-        args += [0, example_len]
+        # Not 0 or 1: torch.export specializes an int input whose example is 0 or 1 into a constant,
+        # and start_idx 0 would then cut every step's cache prefix away.
+        args += [example_start, example_start + example_len]
         dynamic += [torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC]
         bound_positions(gm, max_seq_len)
-        # Scalar shape tensors: their min/max are the values start_idx and end_idx take.
+        # Scalar shape tensors: their min/opt/max are the values start_idx and end_idx take. Profiles
+        # may not start at 0, so start_idx has one range for both (its opt, 0, suits both).
         specs += [torch_tensorrt.Input(min_shape=(0,), opt_shape=(0,), max_shape=(max_seq_len - 1,),
                                        dtype=torch.int64, is_shape_tensor=True),
-                  torch_tensorrt.Input(min_shape=(1,), opt_shape=(max_seq_len,), max_shape=(max_seq_len,),
-                                       dtype=torch.int64, is_shape_tensor=True)]
+                  torch_tensorrt.Input(profiles=end_profiles(max_seq_len), dtype=torch.int64, is_shape_tensor=True)]
     program = torch.export.export(gm, tuple(args), dynamic_shapes=tuple(dynamic), strict=False)
     return program, specs
 
@@ -129,8 +150,9 @@ def compile_with_tensorrt(gm: GraphModule, options: CompileOptions, model: Model
     """The lowered graph as a Torch-TensorRT module (one engine where every node converts)."""
     import torch_tensorrt
 
-    import sdpa_converter  # noqa: F401  (registers the canonical node's converter)
+    import sdpa_converter  # registers the canonical node's converter
 
+    logger.info("TensorRT: attention as %s", ATTENTION_AS[sdpa_converter.LAYERS])
     program, specs = tensorrt_program(gm, max_seq_len, model.device)
     compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=options.min_block_size,
                                              use_fp32_acc=model.precision == "FP16",

@@ -31,13 +31,24 @@ class RunSetup:
     compiler: str
     cache: str
     device: str
+    attention: str  # what the attention runs as: sdpa, plugin, or the TensorRT layers it converts to
 
     @classmethod
     def of(cls, options: Options) -> "RunSetup":
         model, run = options.model, options.run
         device = torch.cuda.get_device_name() if model.on_gpu else "cpu"
         return cls(model.name, model.precision, run.batch_size, run.isl, run.num_tokens,
-                   options.compile.compiler, options.compile.cache or "none", device)
+                   options.compile.compiler, options.compile.cache or "none", device, attention_of(options))
+
+
+def attention_of(options: Options) -> str:
+    if options.backend == "plugin":
+        return "plugin"
+    if options.compile.compiler == "tensorrt":
+        import sdpa_converter
+
+        return sdpa_converter.LAYERS  # attention_layer (TensorRT's own) or matmul_softmax
+    return "sdpa"
 
 
 def print_generation(label: str, text: str) -> None:

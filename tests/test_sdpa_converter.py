@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_register_sdpa import CASES, _qkv
 
+from test_register_sdpa import CASES, _qkv
 from trt_helpers import import_torch_tensorrt, network_of
 
 pytestmark = pytest.mark.tensorrt
+
+
+@pytest.fixture(autouse=True, params=["attention_layer", "matmul_softmax"])
+def layers(request, monkeypatch):
+    """Every test runs for both conversions: TensorRT's attention layer and the composed fallback."""
+    import_torch_tensorrt()
+    import tensorrt as trt
+
+    import sdpa_converter
+
+    if request.param == sdpa_converter.ATTENTION_LAYER and not hasattr(trt.INetworkDefinition, "add_attention_v2"):
+        pytest.skip("this TensorRT has no attention layer")
+    monkeypatch.setattr(sdpa_converter, "LAYERS", request.param)
+    return request.param
 
 
 class Attention(torch.nn.Module):
@@ -101,36 +115,50 @@ def test_query_positions_match_canonical_node(window):
         assert not torch.allclose(expected, torch.ops.llm_tools.attention(q, k, v, 0.25, True, window), atol=1e-3)
 
 
-def test_gqa_is_not_materialised():
-    """K/V enter the matrix products Hkv wide: repeated K/V are broadcast, never built."""
+def test_gqa_is_not_materialised(layers):
+    """K/V enter the attention Hkv wide: repeated K/V are broadcast (matrix products) or left to the
+    attention layer, never built."""
     import tensorrt as trt
 
     network = attention_network(8, 2, 0.25, None)
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type == trt.LayerType.MATRIX_MULTIPLY:
-            assert layer.get_input(1).shape[1:3] == (2, 1)  # [B, Hkv, 1, S|D, D|S]
+    kinds = [network.get_layer(i).type for i in range(network.num_layers)]
+    if layers == "attention_layer":
+        (index,) = [i for i, kind in enumerate(kinds) if kind == trt.LayerType.ATTENTION_OUTPUT]
+        layer = network.get_layer(index)
+        layer.__class__ = trt.IAttentionOutputLayer
+        assert layer.attention.get_input(0).shape[1] == 8 and layer.attention.get_input(1).shape[1] == 2
+        assert trt.LayerType.MATRIX_MULTIPLY not in kinds
+        return
+    products = [network.get_layer(i) for i, kind in enumerate(kinds) if kind == trt.LayerType.MATRIX_MULTIPLY]
+    assert len(products) == 2
+    for layer in products:
+        assert layer.get_input(1).shape[1:3] == (2, 1)  # [B, Hkv, 1, S|D, D|S]
 
 
-def test_a_wrong_causal_mask_is_caught(monkeypatch):
-    """The comparison can fail: a top-left causal mask (no S - L offset) breaks chunked prefill."""
+def test_a_wrong_causal_mask_is_caught(layers, monkeypatch):
+    """The comparison can fail: a top-left causal mask (no S - L offset) breaks chunked prefill. The
+    composed mask loses its offset; the attention layer is given the top-left causal kind."""
     import tensorrt as trt
 
     import sdpa_converter
 
-    original = sdpa_converter._elementwise
+    if layers == "attention_layer":
+        original = trt.INetworkDefinition.add_attention_v2
+        monkeypatch.setattr(trt.INetworkDefinition, "add_attention_v2", lambda net, q, k, v, norm, causal: original(
+            net, q, k, v, norm, trt.CausalMaskKind.UPPER_LEFT if causal == trt.CausalMaskKind.LOWER_RIGHT else causal))
+    else:
+        original = sdpa_converter._elementwise
 
-    def no_offset(ctx, name, a, b, op):
-        if name.endswith("_offset"):  # S - L  ->  L - L = 0
-            return original(ctx, name, b, b, op)
-        return original(ctx, name, a, b, op)
+        def no_offset(ctx, name, a, b, op):
+            if name.endswith("_offset"):  # S - L  ->  L - L = 0
+                return original(ctx, name, b, b, op)
+            return original(ctx, name, a, b, op)
 
-    monkeypatch.setattr(sdpa_converter, "_elementwise", no_offset)
+        monkeypatch.setattr(sdpa_converter, "_elementwise", no_offset)
     network = attention_network(4, 4, 0.25, None)
     q, k, v = _qkv(4, 4, 5, 12)
     expected = torch.ops.llm_tools.attention(q, k, v, 0.25, True, None)
     assert not torch.allclose(evaluate_attention(network, q, k, v), expected, atol=1e-3)
-    assert trt.LayerType.SELECT in [network.get_layer(i).type for i in range(network.num_layers)]
 
 
 def test_register_sdpa_is_a_torch_tensorrt_lowering_pass():

@@ -17,21 +17,42 @@ from static_cache_common import cache_inputs
 from trt_helpers import engines_and_leftovers, engines_built_not_loaded, import_torch_tensorrt
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.slow]
-MAX_SEQ_LEN = 16
+MAX_SEQ_LEN = 24  # room for test_tensorrt_network.py's generations (6 + 16 tokens)
 
 
-def compile_as_run_llm_does(gm, family: str, cache: str, precision: str = "FP32", engine_cache_dir=None):
+def compile_as_run_llm_does(gm, family: str, cache: str, precision: str = "FP32", engine_cache_dir=None,
+                            max_seq_len: int = MAX_SEQ_LEN, unwrap: bool = True):
     """utils.compile_lowered for `--compiler tensorrt --cache CACHE --precision PRECISION` on the CPU
-    (with `--engine_cache_dir DIR`, or `--no_engine_cache` where it is None): the Torch-TensorRT module,
-    and the graph modules whose weights refitted an engine taken from the engine cache."""
+    (with `--engine_cache_dir DIR`, or `--no_engine_cache` where it is None): the Torch-TensorRT module
+    (with `unwrap` off, static_v3's in-place step around it, as generation gets it), and the graph
+    modules whose weights refitted an engine taken from the engine cache."""
     import_torch_tensorrt()
     from compilers.in_place_step import InPlaceCacheStep
     from utils import compile_lowered
 
     options = CompileOptions("tensorrt", cache, engine_cache_dir=engine_cache_dir)
     with engines_built_not_loaded() as refits:
-        compiled = compile_lowered(gm, options, ModelOptions(family, precision), MAX_SEQ_LEN)
-    return (compiled.model if isinstance(compiled, InPlaceCacheStep) else compiled), refits
+        compiled = compile_lowered(gm, options, ModelOptions(family, precision), max_seq_len)
+    return (compiled.model if unwrap and isinstance(compiled, InPlaceCacheStep) else compiled), refits
+
+
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def user_compiled(family: str, cache: str, batch_size: int = 1, max_seq_len: int = MAX_SEQ_LEN,
+                  unwrap: bool = True) -> tuple:
+    """(lowered graph, compiled module) of a tiny family as run_llm.py compiles it, built once per session
+    for each conversion of the attention (test_tensorrt_network.py evaluates the same modules)."""
+    import_torch_tensorrt()
+    import sdpa_converter
+    from compilers.in_place_step import InPlaceCacheStep
+
+    key = (family, cache, batch_size, max_seq_len, sdpa_converter.LAYERS)
+    if key not in _COMPILED:
+        gm = lowered_graph(tiny_model(family), batch_size, max_seq_len, cache)
+        _COMPILED[key] = gm, compile_as_run_llm_does(gm, family, cache, max_seq_len=max_seq_len, unwrap=False)[0]
+    gm, compiled = _COMPILED[key]
+    return gm, (compiled.model if unwrap and isinstance(compiled, InPlaceCacheStep) else compiled)
 
 
 def assert_one_engine_nothing_left(compiled, what: str):
@@ -46,10 +67,10 @@ def assert_one_engine_nothing_left(compiled, what: str):
 @pytest.mark.parametrize("cache", ["", *CACHES])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_user_call_gives_one_engine_and_nothing_left_to_pytorch(family, cache):
-    gm = lowered_graph(tiny_model(family), 1, MAX_SEQ_LEN, cache)
+    gm, compiled = user_compiled(family, cache)
     caches = [node.name for node in cache_inputs(gm)]
     assert len(caches) == (2 * tiny_model(family).config.num_hidden_layers if cache else 0)
-    engine = assert_one_engine_nothing_left(compile_as_run_llm_does(gm, family, cache)[0], f"{family} {cache or 'no cache'}")
+    engine = assert_one_engine_nothing_left(compiled, f"{family} {cache or 'no cache'}")
     # Every cache reaches the engine as an input and comes back as an output, after the logits.
     assert set(caches) <= set(engine.input_binding_names)
     assert len(engine.output_binding_names) == 1 + len(caches)
@@ -194,7 +215,7 @@ def test_without_an_engine_cache_every_run_builds(monkeypatch):
     assert len(builds) == 2 and caches_made == []
 
 
-def test_a_model_of_the_same_layers_and_another_width_misses(tmp_path):
+def test_a_model_of_the_same_layers_and_another_width_misses(tmp_path, monkeypatch):
     """Torch-TensorRT's own key is the op sequence: it cannot tell tiny-llama from tiny-llama with a wider
     MLP (the cache input shapes are the same too). The project's key can, and ignores weight values."""
     torch_tensorrt = import_torch_tensorrt()
@@ -207,13 +228,14 @@ def test_a_model_of_the_same_layers_and_another_width_misses(tmp_path):
     options = ModelOptions("tiny-llama")
     config = load_config(options)
     config.intermediate_size *= 2
-    wider = load_model(options, config)
-    reseeded = load_model(options, load_config(options))
+    # Freshly loaded, all three: the session's shared tiny-llama may carry the plugin backend's
+    # attention wrappers (plugin/model.py), whose weight names differ.
+    base, wider, reseeded = (load_model(options, c) for c in (load_config(options), config, load_config(options)))
     with torch.no_grad():
         for weight in reseeded.parameters():
             weight.add_(0.5)  # the same structure, other weights: a refit, not a miss
     graphs = [lowered_graph(model, 1, MAX_SEQ_LEN, "static_v2")
-              for model in (tiny_model("tiny-llama"), wider, reseeded)]
+              for model in (base, wider, reseeded)]
     specs = [torch_tensorrt.Input(shape=(1, 4), dtype=torch.int64)]
     settings = CompilationSettings()
     theirs = [DiskEngineCache.get_hash(gm, specs, settings) for gm in graphs]
@@ -221,6 +243,11 @@ def test_a_model_of_the_same_layers_and_another_width_misses(tmp_path):
     assert theirs[0] == theirs[1] == theirs[2]
     assert ours[0] != ours[1]
     assert ours[0] == ours[2]
+    import sdpa_converter  # the other conversion of the attention is another engine
+
+    monkeypatch.setattr(sdpa_converter, "LAYERS", "matmul_softmax" if sdpa_converter.LAYERS == "attention_layer"
+                        else "attention_layer")
+    assert disk_engine_cache(str(tmp_path)).get_hash(graphs[0], specs, settings) != ours[0]
 
 
 def engine_profiles(interpreter) -> list[dict]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,6 +59,15 @@ class _BuiltEngine:
         return self.data
 
 
+# The network definition of every engine built under engines_built_not_loaded, by the engine's digest
+# (with its interpreter, which keeps the network's weights alive), for engines_evaluated.
+_NETWORKS: dict[str, object] = {}
+
+
+def _digest(serialized) -> str:
+    return hashlib.sha256(bytes(serialized)).hexdigest()
+
+
 @contextlib.contextmanager
 def engines_built_not_loaded():
     """Torch-TensorRT's build and partitioning run as they do on a GPU; what needs one is stood in for:
@@ -67,16 +78,52 @@ def engines_built_not_loaded():
     torch_tensorrt = import_torch_tensorrt()
     import tensorrt as trt
     from torch_tensorrt.dynamo import _refit
+    from torch_tensorrt.dynamo.conversion import _TRTInterpreter
 
     runtime_module = torch_tensorrt.dynamo.runtime.TorchTensorRTModule
     refits = []
+    run = _TRTInterpreter.TRTInterpreter.run
+
+    def recording_run(self, *args, **kwargs):
+        result = run(self, *args, **kwargs)
+        _NETWORKS[_digest(result.engine.serialize())] = self
+        return result
+
     with mock.patch.object(trt.Runtime, "deserialize_cuda_engine", lambda self, data: _BuiltEngine(data),
                            create=True), \
             mock.patch.object(runtime_module, "setup_engine", lambda self: None), \
             mock.patch.object(runtime_module, "set_output_tensors_as_unowned", lambda self, enabled: None), \
             mock.patch.object(_refit, "_refit_single_trt_engine_with_gm",
-                              lambda new_gm, **kwargs: refits.append(new_gm)):
+                              lambda new_gm, **kwargs: refits.append(new_gm)), \
+            mock.patch.object(_TRTInterpreter.TRTInterpreter, "run", recording_run):
         yield refits
+
+
+def network_of_engine(engine_module):
+    """The network definition a TorchTensorRTModule's engine was built from (built in this session)."""
+    return _NETWORKS[_digest(engine_module.serialized_engine)].ctx.net
+
+
+def _evaluated_forward(self, *inputs):
+    """TorchTensorRTModule.forward with the engine's network evaluated in numpy instead of executed:
+    the same inputs in binding order (ints become shape-tensor values), the outputs in binding order."""
+    from trt_reference import evaluate
+
+    assert len(inputs) == len(self.input_binding_names)
+    feeds = {name: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+             for name, value in zip(self.input_binding_names, inputs)}
+    values = evaluate(network_of_engine(self), feeds)
+    outputs = [torch.from_numpy(values[name]) for name in self.output_binding_names]
+    return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+@contextlib.contextmanager
+def engines_evaluated():
+    """Compiled Torch-TensorRT modules run as if their engines executed, each engine's network evaluated
+    layer by layer (trt_reference.py), with the module's own graph around the engines as it is."""
+    torch_tensorrt = import_torch_tensorrt()
+    with mock.patch.object(torch_tensorrt.dynamo.runtime.TorchTensorRTModule, "forward", _evaluated_forward):
+        yield
 
 
 def engines_and_leftovers(compiled: torch.fx.GraphModule) -> tuple[list, list[str]]:
