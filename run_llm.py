@@ -26,11 +26,12 @@ from errors import doing, logger, stage
 from export import export_llm
 from generation.baselines import HFCompiledStep, hf_forward_no_cache, hf_generate
 from generation.loops import Prompt, StopRule, generate_no_cache, generate_static_cache
+from generation.teacher_forced import teacher_forced
 from load.models import check_llm_family, check_positions, load_config, load_model
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
 from options import BASELINES, Options
 from plugin.compile import compile_plugin_model
-from plugin.model import PluginCausalLM, allocate_plugin_caches, generate_plugin
+from plugin.model import PluginCachedModel, PluginCausalLM, allocate_plugin_caches, generate_plugin
 from report.table import report_benchmark, report_generation
 from report.timing import copy_bandwidth_tb_s, decode_bytes_per_step, run_benchmark, token_agreement
 from utils import cached_model, compile_lowered, lower
@@ -119,6 +120,17 @@ def main(options: Options) -> None:
                 return generate_no_cache(compiled, Prompt.text(input_ids), run.num_tokens, stop_rule(), on_first_token)
             return generate_static_cache(cached, Prompt.text(input_ids), run.num_tokens, stop_rule(), on_first_token)
 
+    def compare_forced(reference: torch.Tensor):
+        """The compiled model and the PyTorch model, fed the reference's tokens (generation/teacher_forced.py)."""
+        with stage("comparing the compiled model with PyTorch, teacher-forced"):
+            step, stepwise = (compiled, False) if not (plugin or compile_options.cache) else (cached, True)
+            if plugin:
+                for cache in plugin_caches:
+                    cache.zero_()
+                step = PluginCachedModel(compiled, model, plugin_caches)
+            return teacher_forced(step, model, reference, input_ids.shape[1], stepwise,
+                                  [] if run.benchmark else eos)
+
     def pytorch_run(baseline: str) -> Callable:
         compiled_step = HFCompiledStep(model, max_seq_len) if baseline == "hf_compiled_step" else None
 
@@ -138,8 +150,9 @@ def main(options: Options) -> None:
         with stage("generating"):
             reference = pytorch_run(run.baselines[0])() if run.enable_pytorch_run else None
             tokens = run_compiled()
+        forced = compare_forced(reference) if reference is not None else None
         report_generation(options, label, partial(tokenizer.decode, skip_special_tokens=True),
-                          input_ids.shape[1], tokens, reference)
+                          input_ids.shape[1], tokens, reference, forced=forced)
         return
 
     decode_bytes = decode_bytes_per_step(model, run.batch_size, run.isl, run.num_tokens)
@@ -159,7 +172,12 @@ def main(options: Options) -> None:
         reference = next(iter(measured.values())).tokens
         for other in list(measured.values())[1:]:
             other.figures["token_agreement"] = token_agreement(reference, other.tokens, run.isl)
+        forced = compare_forced(reference)
+        measured[compiled_row].figures.update(forced_top1=forced.top1_agreement,
+                                              forced_max_logit_diff=forced.max_abs_logit_diff)
         footnotes.append(f"tokens = ref: share of new tokens equal to the first row's ({run.baselines[0]})")
+        footnotes.append("top-1 forced, max logit diff: the compiled model and PyTorch fed the first row's tokens: "
+                         "share of steps whose top token agrees, largest logit difference")
     notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(model_options.device),
              "decode_bytes_per_step_gb": decode_bytes / 1e9}
     report_benchmark(options, {name: row.figures for name, row in measured.items()}, notes, footnotes, build_seconds)

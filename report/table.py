@@ -66,8 +66,9 @@ def print_match(label: str, reference: torch.Tensor, tokens: torch.Tensor, promp
 
 
 def report_generation(options: Options, label: str, decode, prompt_len: int, tokens: torch.Tensor,
-                      reference: torch.Tensor | None, shown_from: int = 0) -> None:
-    """The spec's output blocks (PyTorch first, when it ran), the match line, and the JSON when asked for.
+                      reference: torch.Tensor | None, shown_from: int = 0, forced=None) -> None:
+    """The spec's output blocks (PyTorch first, when it ran), the match line, the teacher-forced
+    comparison (`forced`, a generation.teacher_forced.ForcedComparison), and the JSON when asked for.
 
     `decode` turns ids into text; each block shows row 0 from position `shown_from` on.
     """
@@ -77,14 +78,18 @@ def report_generation(options: Options, label: str, decode, prompt_len: int, tok
             texts[name], new_tokens[name] = decode(ids[0, shown_from:].tolist()), ids[:, prompt_len:].tolist()
             print_generation(name, texts[name])
     match = print_match(label, reference, tokens, prompt_len) if reference is not None else None
+    if forced is not None:
+        print(forced.line(label))
     if options.run.output_json:
         write_json(options.run.output_json, RunSetup.of(options),
-                   {"texts": texts, "new_tokens": new_tokens, "match": match})
+                   {"texts": texts, "new_tokens": new_tokens, "match": match,
+                    "teacher_forced": forced.as_dict() if forced is not None else None})
 
 
 COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
            ("e2e_latency_ms", "E2E ms"), ("e2e_tokens_per_s", "E2E tok/s"), ("decode_bandwidth_tb_s", "decode TB/s"),
            ("peak_memory_gb", "peak GB"), ("compile_s", "compile s"), ("token_agreement", "tokens = ref"),
+           ("forced_top1", "top-1 forced"), ("forced_max_logit_diff", "max logit diff"),
            ("vision_encoder_ms", "vision ms")]
 
 
@@ -93,7 +98,7 @@ def cell(value) -> str:
         return "-"
     if isinstance(value, dict):
         value = value["median"]
-    return f"{value:.2f}"
+    return f"{value:.2e}" if 0 < abs(value) < 0.01 else f"{value:.2f}"  # small figures keep their digits
 
 
 def present_columns(rows) -> list[tuple[str, str]]:

@@ -1,0 +1,77 @@
+"""Teacher-forced accuracy: the compiled model and the PyTorch model fed the same (the reference's) tokens.
+
+Free-running generations part at the first near tie and then compare different texts; fed the same
+tokens, every step compares the two models' logits for the same context. Reported: the share of steps
+whose top-1 token agrees, and the largest absolute logit difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from generation.loops import Prompt
+
+
+@dataclass(frozen=True)
+class ForcedComparison:
+    top1_agreement: float  # share of (row, step) pairs whose argmax agrees
+    max_abs_logit_diff: float
+    steps: int  # compared (row, step) pairs
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self, label: str) -> str:
+        return (f"Teacher-forced, {label} fed PyTorch's tokens: top-1 agreement {self.top1_agreement:.3f} over "
+                f"{self.steps} steps, largest logit difference {self.max_abs_logit_diff:.2e}")
+
+
+def reference_logits(model, tokens: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """[B, n, V]: the Hugging Face model's logits for each new token of `tokens` [B, T + n], in one forward."""
+    new = tokens.shape[1] - prompt_len
+    with torch.no_grad():
+        return model(input_ids=tokens[:, :-1], logits_to_keep=new).logits
+
+
+def forced_logits(step: Callable, tokens: torch.Tensor, prompt_len: int, cached: bool) -> list[torch.Tensor]:
+    """The logits [B, V] the compiled model gives for each new token of `tokens`, fed the tokens before it:
+    a static-cache step (CachedModel and alike) is prefilled with the prompt and then fed one token a step;
+    a no-cache graph gets the whole prefix each time."""
+    prompt = Prompt.text(tokens[:, :prompt_len])
+    logits = []
+    with torch.no_grad():
+        if cached:
+            logits.append(step(tokens[:, :prompt_len], prompt.position_ids(0, prompt_len), 0)[:, -1])
+            for position in range(prompt_len, tokens.shape[1] - 1):
+                logits.append(step(tokens[:, position:position + 1], prompt.position_ids(position, position + 1),
+                                   position)[:, -1])
+        else:
+            for end in range(prompt_len, tokens.shape[1]):
+                logits.append(step(tokens[:, :end], prompt.position_ids(0, end))[0][:, -1])
+    return logits
+
+
+def compare(actual: list[torch.Tensor], expected: torch.Tensor, tokens: torch.Tensor, prompt_len: int,
+            eos_token_ids: list[int]) -> ForcedComparison:
+    """Steps after a row's first EOS in the reference (its padding) are left out."""
+    actual = torch.stack([a.float() for a in actual], dim=1).cpu()  # [B, n, V]
+    expected = expected.float().cpu()
+    new = tokens[:, prompt_len:].cpu()
+    ended = torch.isin(new, torch.tensor(eos_token_ids, dtype=new.dtype)) if eos_token_ids else torch.zeros_like(
+        new, dtype=torch.bool)
+    counted = torch.cumsum(ended.int(), dim=1) - ended.int() == 0  # no EOS before this step
+    agree = (actual.argmax(-1) == expected.argmax(-1))[counted]
+    difference = (actual - expected).abs().amax(-1)[counted]
+    return ForcedComparison(float(agree.float().mean()), float(difference.max()), int(counted.sum()))
+
+
+def teacher_forced(step: Callable, model, tokens: torch.Tensor, prompt_len: int, cached: bool,
+                   eos_token_ids: list[int]) -> ForcedComparison:
+    """The compiled `step` against the PyTorch `model`, both fed the reference's `tokens` [B, T + n]."""
+    if tokens.shape[1] <= prompt_len:
+        return ForcedComparison(0.0, 0.0, 0)
+    return compare(forced_logits(step, tokens, prompt_len, cached), reference_logits(model, tokens, prompt_len),
+                   tokens, prompt_len, eos_token_ids)
