@@ -41,16 +41,16 @@ def forced_logits(step: Callable, tokens: torch.Tensor, prompt_len: int, cached:
     a static-cache step (CachedModel and alike) is prefilled with the prompt and then fed one token a step;
     a no-cache graph gets the whole prefix each time."""
     prompt = Prompt.text(tokens[:, :prompt_len])
-    logits = []
+    logits = []  # copies: a CUDA-graph step returns the same output buffer at every replay
     with torch.no_grad():
         if cached:
-            logits.append(step(tokens[:, :prompt_len], prompt.position_ids(0, prompt_len), 0)[:, -1])
+            logits.append(step(tokens[:, :prompt_len], prompt.position_ids(0, prompt_len), 0)[:, -1].clone())
             for position in range(prompt_len, tokens.shape[1] - 1):
                 logits.append(step(tokens[:, position:position + 1], prompt.position_ids(position, position + 1),
-                                   position)[:, -1])
+                                   position)[:, -1].clone())
         else:
             for end in range(prompt_len, tokens.shape[1]):
-                logits.append(step(tokens[:, :end], prompt.position_ids(0, end))[0][:, -1])
+                logits.append(step(tokens[:, :end], prompt.position_ids(0, end))[0][:, -1].clone())
     return logits
 
 

@@ -77,9 +77,9 @@ def report_generation(options: Options, label: str, decode, prompt_len: int, tok
         if ids is not None:
             texts[name], new_tokens[name] = decode(ids[0, shown_from:].tolist()), ids[:, prompt_len:].tolist()
             print_generation(name, texts[name])
-    match = print_match(label, reference, tokens, prompt_len) if reference is not None else None
     if forced is not None:
         print(forced.line(label))
+    match = print_match(label, reference, tokens, prompt_len) if reference is not None else None  # the last line
     if options.run.output_json:
         write_json(options.run.output_json, RunSetup.of(options),
                    {"texts": texts, "new_tokens": new_tokens, "match": match,

@@ -76,6 +76,7 @@ def test_generation_prints_the_spec_blocks():
     assert lines[1].startswith("PyTorch model generated text: Hello")
     assert "========= Eager =========" in lines
     assert lines[-1] == "PyTorch and Eager outputs match: True"
+    assert lines[-2].startswith("Teacher-forced, Eager fed PyTorch's tokens: top-1 agreement 1.000 over 12 steps")
     assert "built-in byte-level tokenizer" in result.stderr
 
 
@@ -98,6 +99,9 @@ def test_benchmark_writes_json(tmp_path):
         figures = report["results"][backend]
         assert figures["e2e_latency_ms"]["median"] > figures["ttft_ms"]["median"] > 0
         assert figures["compile_s"] >= 0 and figures["decode_bandwidth_tb_s"] > 0
+    assert report["results"][compiled]["forced_top1"] == 1.0
+    assert report["results"][compiled]["forced_max_logit_diff"] < 1e-4
+    assert report["setup"]["attention"] == "sdpa"
     assert report["results"][compiled]["compile_s"] >= report["build_seconds"] > 0
     # FP16 on the CPU, tiny model: the three runs pick the same tokens
     assert report["results"][compiled]["token_agreement"] == 1.0
