@@ -69,7 +69,10 @@ def assert_one_engine_nothing_left(compiled, what: str):
 def test_the_user_call_gives_one_engine_and_nothing_left_to_pytorch(family, cache):
     gm, compiled = user_compiled(family, cache)
     caches = [node.name for node in cache_inputs(gm)]
-    assert len(caches) == (2 * tiny_model(family).config.num_hidden_layers if cache else 0)
+    layers = tiny_model(family).config.num_hidden_layers
+    assert len(caches) == (2 * layers if cache else 0)
+    # every canonical attention node is in the engine: none is left to PyTorch (below)
+    assert len(gm.graph.find_nodes(op="call_function", target=torch.ops.llm_tools.attention.default)) == layers
     engine = assert_one_engine_nothing_left(compiled, f"{family} {cache or 'no cache'}")
     # Every cache reaches the engine as an input and comes back as an output, after the logits.
     assert set(caches) <= set(engine.input_binding_names)
