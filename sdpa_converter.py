@@ -15,7 +15,8 @@ it has none), with K/V Hkv heads wide (GQA), q pre-scaled as TensorRT asks, plai
 its bottom-right causal kind, and a window or query positions as a boolean mask of the visible keys.
 LAYERS says which one conversion emits (feature detection; tests set it to check both).
 
-With FP16 inputs and `use_fp32_acc` set, the whole attention runs in FP32 and is cast back.
+With FP16 inputs and `use_fp32_acc` set, the matmul+softmax attention runs in FP32 and is cast back; the
+attention layer takes FP16 as it is, for TensorRT's fused FP16 kernels.
 Importing this module registers the converter; it needs torch_tensorrt.
 """
 
@@ -190,9 +191,10 @@ def convert_attention(ctx: ConversionContext, target, args, kwargs, name: str):
     q, k, v, scale, causal = args[:5]
     window = args[5] if len(args) > 5 else kwargs.get("sliding_window")
     query_positions = args[6] if len(args) > 6 else kwargs.get("query_positions")
+    if LAYERS == ATTENTION_LAYER:  # FP16 as it is: TensorRT's fused attention kernels are FP16/BF16 kernels
+        return tensorrt_attention_layer(ctx, name, q, k, v, float(scale), bool(causal), window, query_positions)
     out_dtype = q.dtype
     compute = trt.float32 if ctx.compilation_settings.use_fp32_acc and q.dtype == trt.float16 else out_dtype
     q, k, v = (_cast(ctx, f"{name}_{part}_acc", t, compute) for part, t in (("q", q), ("k", k), ("v", v)))
-    convert = tensorrt_attention_layer if LAYERS == ATTENTION_LAYER else matmul_softmax_attention
-    out = convert(ctx, name, q, k, v, float(scale), bool(causal), window, query_positions)
+    out = matmul_softmax_attention(ctx, name, q, k, v, float(scale), bool(causal), window, query_positions)
     return _cast(ctx, f"{name}_out_cast", out, out_dtype)
