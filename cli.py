@@ -70,7 +70,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
     comp.add_argument("--min_block_size", type=int, default=1, help="TensorRT: smallest block to convert")
     comp.add_argument("--debug", action="store_true", help="verbose compiler logging")
     comp.add_argument("--quiet", action="store_true", help="no progress lines on stderr (warnings and errors only)")
-    comp.add_argument("--cudagraph", action="store_true", help="run the compiled model through CUDA graphs")
+    graphs = comp.add_mutually_exclusive_group()
+    graphs.add_argument("--cudagraph", action="store_true",
+                        help="run the compiled model through CUDA graphs. On by default on a GPU for the static-cache "
+                             "steps of eager and inductor: static_v3 always, static_v1/v2 when benchmarking (a graph "
+                             "per position, replayed at every iteration)")
+    graphs.add_argument("--no_cudagraph", action="store_true", help="no CUDA graphs, not even by default")
     comp.add_argument("--engine_cache_dir", default=DEFAULT_ENGINE_CACHE_DIR, metavar="DIR",
                       help="TensorRT: keep built engines here and reuse them in later runs with the same model "
                            "shapes and settings (default: %(default)s)")
@@ -104,20 +109,31 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
             check_cache_dir(args.engine_cache_dir)
     if args.cudagraph and not on_gpu:
         raise UsageError("--cudagraph needs a CUDA device; drop it or use --device cuda")
-    if args.cudagraph and args.compiler == "eager" and args.cache != "static_v3":
-        logger.warning("--cudagraph with --compiler eager captures static_v3 steps only; this run is not captured")
+    if args.cudagraph and args.compiler == "eager" and not args.cache:
+        logger.warning("--cudagraph with --compiler eager captures static-cache steps only; this run is not captured")
     baselines = args.baselines
     if baselines is None:
         gpu_benchmark = args.benchmark and on_gpu
         baselines = default_baselines or (("hf_dynamic", "hf_static", "hf_compiled_step") if gpu_benchmark
                                           else ("hf_dynamic",))
     model = ModelOptions(args.model, args.precision, device, args.random_weights, args.tokenizer)
-    compile_options = CompileOptions(args.compiler, args.cache, args.cudagraph, args.min_block_size,
+    compile_options = CompileOptions(args.compiler, args.cache, cuda_graphs_of(args, on_gpu), args.min_block_size,
                                      engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir)
     run = RunOptions(args.prompt, args.num_tokens, args.batch_size, args.benchmark, args.iterations, args.isl,
                      args.enable_pytorch_run, tuple(baselines), args.output_json)
     return Options(model, compile_options, run, backend=getattr(args, "backend", "sdpa"),
                    plugin_path=getattr(args, "plugin_path", None), image_path=getattr(args, "image_path", None))
+
+
+def cuda_graphs_of(args: argparse.Namespace, on_gpu: bool) -> bool:
+    """--cudagraph, --no_cudagraph, or the default: on a GPU, eager and inductor static-cache steps of the sdpa
+    backend are captured where a graph is replayed: a static_v3 step always (one decode graph for every
+    position), a static_v1/v2 step when benchmarking (a graph per position, replayed at every iteration;
+    a single generation would only pay for the captures). TensorRT's own CUDA-graph mode stays opt-in."""
+    if args.cudagraph or args.no_cudagraph:
+        return args.cudagraph
+    by_default = on_gpu and args.compiler != "tensorrt" and getattr(args, "backend", "sdpa") == "sdpa"
+    return by_default and (args.cache == "static_v3" or (bool(args.cache) and args.benchmark))
 
 
 def device_of(flag: str | None) -> str:

@@ -37,23 +37,30 @@ def lower(gm: GraphModule, cache: str, max_seq_len: int) -> GraphModule:
     return gm
 
 
+def captured(options: CompileOptions) -> bool:
+    """Whether generation.loops.CachedModel captures the static-cache step as CUDA graphs: with --cudagraph,
+    for eager and inductor (a TensorRT engine has its own CUDA-graph mode, compilers/tensorrt.py)."""
+    return bool(options.cudagraph and options.cache and options.compiler != "tensorrt")
+
+
 def compile_lowered(gm: GraphModule, options: CompileOptions, model: ModelOptions, max_seq_len: int) -> Callable:
     """Compile the lowered graph with the chosen compiler; all three take the same graph.
 
     A static_v3 graph comes back as an InPlaceCacheStep, which updates the caches in place (see
-    generation.loops.CachedModel).
+    generation.loops.CachedModel); so does a v1/v2 graph that is to be captured as CUDA graphs.
     """
     if options.compiler == "inductor":
         from compilers.inductor import compile_with_inductor
 
         return compile_with_inductor(gm, options.cudagraph, options.tuning)
-    in_place = takes_cache_position(gm)
+    positions = 1 if takes_cache_position(gm) else 2
+    in_place = positions == 1 or captured(options)
     if options.compiler == "eager":
-        return InPlaceCacheStep(gm) if in_place else gm
+        return InPlaceCacheStep(gm, positions) if in_place else gm
     from compilers.tensorrt import compile_with_tensorrt
 
     compiled = compile_with_tensorrt(gm, options, model, max_seq_len)
-    return InPlaceCacheStep(compiled) if in_place else compiled
+    return InPlaceCacheStep(compiled) if positions == 1 else compiled
 
 
 def cached_model(compiled: Callable, lowered: GraphModule, options: CompileOptions, model: ModelOptions,
@@ -63,6 +70,6 @@ def cached_model(compiled: Callable, lowered: GraphModule, options: CompileOptio
     Eager and inductor steps are captured as CUDA graphs here with --cudagraph; a TensorRT engine has
     its own CUDA-graph mode (compilers/tensorrt.py) and fixed-shape cache inputs.
     """
-    tensorrt = options.compiler == "tensorrt"
     return CachedModel(compiled, lowered, batch_size, max_seq_len, model.dtype, model.device,
-                       cuda_graphs=options.cudagraph and not tensorrt, fixed_cache_shape=tensorrt)
+                       cuda_graphs=captured(options), fixed_cache_shape=options.compiler == "tensorrt",
+                       in_place=captured(options))

@@ -10,10 +10,11 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     programmatic dependent launch, its candidates timed by their kernels' GPU time (kernel_timer.py).
 Why each choice, with the figures: docs/decode_tuning.md.
 
-A static_v3 graph is compiled for static shapes (one graph for prefill, one for the decode step)
-and without inductor's CUDA graphs: with --cudagraph, generation.loops.CachedModel captures each
-whole step itself (cuda_graph_step.py). The others stay dynamic in the sequence length, and
---cudagraph gives them inductor's CUDA graphs (mode "reduce-overhead").
+A static_v3 graph is compiled for static shapes (one graph for prefill, one for the decode step).
+The others stay dynamic in the sequence length. Static-cache steps are compiled without inductor's
+CUDA graphs: with --cudagraph, generation.loops.CachedModel captures each whole step itself
+(cuda_graph_step.py), a v1/v2 step once per position, so it is compiled to write its caches in
+place. A graph without a cache gets inductor's CUDA graphs (mode "reduce-overhead").
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from compilers.decode_tuning import Attention, DecodeTuning, choose_attention
 from compilers.in_place_step import InPlaceCacheStep
 from compilers.kernel_timer import tuned_by_kernel_time
 from register_sdpa import as_sdpa_output_layout, attention_nodes, attention_reference, causal_mask
+from static_cache_common import cache_inputs
 from static_cache_v3 import takes_cache_position
 
 
@@ -133,8 +135,8 @@ def small_decode_options() -> dict:
 
 
 def compile_with_inductor(gm: GraphModule, cudagraph: bool = False, tuning: DecodeTuning = DecodeTuning()) -> Callable:
-    """torch.compile of the lowered graph; `cudagraph` gives a dynamic graph (v1/v2, no cache) inductor's CUDA
-    graphs."""
+    """torch.compile of the lowered graph. With `cudagraph` a v1/v2 step writes its caches in place, for
+    CachedModel to capture, and a graph without a cache gets inductor's CUDA graphs."""
     if not torch.cuda.is_available():  # inductor's C++ build warns on every CPU run that there is no CUDA
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     in_place = takes_cache_position(gm)
@@ -146,4 +148,6 @@ def compile_with_inductor(gm: GraphModule, cudagraph: bool = False, tuning: Deco
             gm, options = write_out_one_row_products(gm), small_decode_options()
         step = torch.compile(InPlaceCacheStep(gm), dynamic=False, options=options)
         return tuned_by_kernel_time(step) if tuned and tuning.tune_by_kernel_time else step
+    if cudagraph and cache_inputs(gm):
+        return torch.compile(InPlaceCacheStep(gm, position_count=2), dynamic=True)
     return torch.compile(gm, dynamic=True, mode="reduce-overhead" if cudagraph else None)

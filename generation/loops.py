@@ -107,8 +107,10 @@ class CachedModel:
 
     v1/v2 graphs take the positions as ints and return new caches, which replace the old ones;
     v3 graphs (compiled as an InPlaceCacheStep) take them as a tensor and write the caches in place,
-    so the cache buffers keep their addresses from step to step, as CUDA graphs need. With
-    `cuda_graphs`, a v3 step is captured once per input shape and replayed (cuda_graph_step.py).
+    so the cache buffers keep their addresses from step to step, as CUDA graphs need; a v1/v2 step
+    compiled as an InPlaceCacheStep too says so with `in_place`. With `cuda_graphs` the step is
+    captured and replayed (cuda_graph_step.py): a v3 step once per input shape, a v1/v2 step (which
+    must write in place) once per position.
 
     A prompt's prefill into an empty cache (start 0) hands a v3 graph the caches' first L slots
     only, unless `fixed_cache_shape` (a TensorRT engine's inputs have one shape): its queries then
@@ -120,21 +122,27 @@ class CachedModel:
     """
 
     def __init__(self, model: Callable, lowered: GraphModule, batch_size: int, max_seq_len: int,
-                 dtype: torch.dtype, device, cuda_graphs: bool = False, fixed_cache_shape: bool = False):
+                 dtype: torch.dtype, device, cuda_graphs: bool = False, fixed_cache_shape: bool = False,
+                 in_place: bool = False):
         self.caches = allocate_caches(lowered, batch_size, max_seq_len, dtype, device)
-        self.in_place = takes_cache_position(lowered)
-        self.prefill_on_prefix = self.in_place and not fixed_cache_shape
-        self.model = CudaGraphStep(model) if cuda_graphs and self.in_place else model
+        self.takes_cache_position = takes_cache_position(lowered)
+        self.in_place = in_place or self.takes_cache_position
+        if cuda_graphs and not self.in_place:
+            raise ValueError("only a step that writes its caches in place can be captured as CUDA graphs")
+        self.prefill_on_prefix = self.takes_cache_position and not fixed_cache_shape
+        self.model = CudaGraphStep(model, 1 if self.takes_cache_position else 2) if cuda_graphs else model
 
     def __call__(self, inputs: torch.Tensor, position_ids: torch.Tensor, start: int) -> torch.Tensor:
         """logits of inputs [B, L] (or [B, L, H]) at cache slots start..start + L; the caches take their K/V."""
         end = start + inputs.shape[1]
-        if self.in_place:
+        if self.takes_cache_position:
             cache_position = torch.arange(start, end, device=inputs.device)
             caches = self.caches
             if start == 0 and self.prefill_on_prefix:
                 caches = [cache[:, :, :end] for cache in caches]
             return self.model(inputs, position_ids, *caches, cache_position)[0]
+        if self.in_place:
+            return self.model(inputs, position_ids, *self.caches, start, end)[0]
         logits, *self.caches = self.model(inputs, position_ids, *self.caches, start, end)
         return logits
 

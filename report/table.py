@@ -32,13 +32,15 @@ class RunSetup:
     cache: str
     device: str
     attention: str  # what the attention runs as: sdpa, plugin, or the TensorRT layers it converts to
+    cuda_graphs: bool  # whether the compiled model ran through CUDA graphs (cli.cuda_graphs_of: on or by default)
 
     @classmethod
     def of(cls, options: Options) -> "RunSetup":
         model, run = options.model, options.run
         device = torch.cuda.get_device_name() if model.on_gpu else "cpu"
         return cls(model.name, model.precision, run.batch_size, run.isl, run.num_tokens,
-                   options.compile.compiler, options.compile.cache or "none", device, attention_of(options))
+                   options.compile.compiler, options.compile.cache or "none", device, attention_of(options),
+                   options.compile.cudagraph)
 
 
 def attention_of(options: Options) -> str:

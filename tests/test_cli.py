@@ -102,6 +102,7 @@ def test_benchmark_writes_json(tmp_path):
     assert report["results"][compiled]["forced_top1"] == 1.0
     assert report["results"][compiled]["forced_max_logit_diff"] < 1e-4
     assert report["setup"]["attention"] == "sdpa"
+    assert report["setup"]["cuda_graphs"] is False  # on a CPU
     assert report["results"][compiled]["compile_s"] >= report["build_seconds"] > 0
     # FP16 on the CPU, tiny model: the three runs pick the same tokens
     assert report["results"][compiled]["token_agreement"] == 1.0
@@ -126,6 +127,41 @@ def test_cuda_graph_steps_match_pytorch(compiler):
                      "--num_tokens", "24", "--enable_pytorch_run", "--device", "cuda", "--cudagraph")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == f"PyTorch and {compiler.capitalize()} outputs match: True"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("flag", [None, "--no_cudagraph"])
+def test_a_v2_benchmark_on_a_gpu_is_captured_by_default(flag, tmp_path):
+    """The spec's benchmark flags with static_v2 on a GPU run through CUDA graphs unless told not to, and the
+    captured steps agree with PyTorch teacher-forced (FP32)."""
+    out = tmp_path / "r.json"
+    result = run_llm("--model", "tiny-llama", "--compiler", "inductor", "--cache", "static_v2", "--precision", "FP32",
+                     "--benchmark", "--isl", "16", "--num_tokens", "8", "--iterations", "2", "--enable_pytorch_run",
+                     "--baselines", "hf_dynamic", "--device", "cuda", "--output_json", str(out), *([flag] if flag else []))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["setup"]["cuda_graphs"] is (flag is None)
+    compiled = "Inductor, static_v2" + (", CUDA graphs" if flag is None else "")
+    assert report["results"][compiled]["forced_top1"] == 1.0
+
+
+def test_cuda_graphs_by_default_where_a_graph_is_replayed():
+    """On a GPU, eager and inductor static-cache steps: v3 always, v1/v2 when benchmarking; the flags decide."""
+    from argparse import Namespace
+
+    from cli import cuda_graphs_of
+
+    def default(compiler="inductor", cache="static_v2", benchmark=True, backend="sdpa", on_gpu=True, **flags):
+        args = Namespace(compiler=compiler, cache=cache, benchmark=benchmark, backend=backend,
+                         cudagraph=flags.get("cudagraph", False), no_cudagraph=flags.get("no_cudagraph", False))
+        return cuda_graphs_of(args, on_gpu)
+
+    assert default() and default(cache="static_v1") and default(compiler="eager")
+    assert default(cache="static_v3", benchmark=False)
+    assert not default(benchmark=False)  # one generation sees each position once: nothing to replay
+    assert not default(cache="") and not default(compiler="tensorrt") and not default(backend="plugin")
+    assert not default(on_gpu=False) and not default(no_cudagraph=True)
+    assert default(cache="", cudagraph=True) and default(compiler="tensorrt", cudagraph=True)
 
 
 def profile_step(*flags: str) -> subprocess.CompletedProcess:

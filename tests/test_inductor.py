@@ -10,7 +10,8 @@ import torch
 from compilers import inductor
 from compilers.decode_tuning import DecodeTuning
 from conftest import FAMILIES, eager_cached, lowered_graph, prompt_ids, tiny_model
-from generation.loops import Prompt, StopRule, generate_static_cache
+from generation.baselines import hf_generate
+from generation.loops import CachedModel, Prompt, StopRule, generate_static_cache
 from register_sdpa import attention_reference
 
 PROMPT_LEN, NEW_TOKENS = 10, 14
@@ -141,3 +142,22 @@ def test_small_decode_tuning_is_for_small_models_at_batch_1():
     assert not inductor.tuned_for_small_decode(lowered_graph(model, 8, 16, "static_v3"), DecodeTuning())
     small = DecodeTuning(small_model_parameters=1000)  # tiny-llama has more
     assert not inductor.tuned_for_small_decode(lowered_graph(model, 1, 16, "static_v3"), small)
+
+
+@pytest.mark.parametrize("cache", ["static_v1"])  # v1 writes its concatenation over the cache it reads
+def test_a_v1_v2_step_compiled_for_capture_writes_its_caches_in_place(cache):
+    """--compiler inductor --cudagraph compiles a v1/v2 step that writes its caches back (for CachedModel to
+    capture one graph per position); compiled on the CPU, it generates Hugging Face's tokens into the same
+    cache buffers."""
+    model = tiny_model("tiny-llama")
+    ids = prompt_ids(model, 1, PROMPT_LEN)
+    gm = lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, cache)
+    step = inductor.compile_with_inductor(gm, cudagraph=True)
+    cached = CachedModel(step, gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype, "cpu", in_place=True)
+    addresses = [c.data_ptr() for c in cached.caches]
+    stop = StopRule([], 0, stop_on_eos=False)
+    with torch.no_grad():
+        tokens = generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, stop)
+    assert torch.equal(tokens, hf_generate(model, ids, NEW_TOKENS, stop))
+    assert [c.data_ptr() for c in cached.caches] == addresses
+    assert any(c.abs().sum() > 0 for c in cached.caches)  # the K/V went into the caller's buffers

@@ -7,11 +7,14 @@ import torch
 
 import options
 import static_cache_common
+from compilers.in_place_step import InPlaceCacheStep
 from conftest import DEVICES, FAMILIES, eager_cached, eos_stop, lowered_graph, prompt_ids, tiny_model
 from export import export_llm
 from generation.baselines import hf_generate
-from generation.loops import Prompt, generate_no_cache, generate_static_cache, positions
+from generation.loops import CachedModel, Prompt, StopRule, generate_no_cache, generate_static_cache, positions
+from options import CompileOptions, ModelOptions
 from register_sdpa import register_sdpa
+from utils import cached_model, compile_lowered
 
 STATIC_CACHES = list(options.CACHES)  # every --cache choice, so a new pass is tested here by registering it
 CACHES = ["", *STATIC_CACHES]
@@ -130,22 +133,68 @@ def test_v3_prefill_on_the_cache_prefix_equals_prefill_on_the_whole_cache(family
         torch.testing.assert_close(a[:, :, :13], b[:, :, :13], atol=1e-5, rtol=1e-5)
 
 
+def _product_cached(gm, cache: str, batch_size: int, max_seq_len: int, device: str, cudagraph: bool):
+    """The lowered graph compiled and wrapped as run_llm.py --compiler eager does it (utils.py)."""
+    compile_options, model_options = CompileOptions("eager", cache, cudagraph), ModelOptions("", "FP32", device)
+    step = compile_lowered(gm, compile_options, model_options, max_seq_len)
+    return cached_model(step, gm, compile_options, model_options, batch_size, max_seq_len)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("cache", STATIC_CACHES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_captured_steps_match_hugging_face(family, batch_size):
-    """static_v3 replayed from CUDA graphs (one for the prefill, one for every decode step), twice over one
-    CachedModel as a benchmark runs it."""
+def test_captured_steps_match_hugging_face(family, cache, batch_size):
+    """Every step replayed from CUDA graphs, twice over one CachedModel as a benchmark runs it: static_v3 from
+    one graph for the prefill and one for every decode step, static_v1/v2 from one graph per position."""
     model = tiny_model(family, "cuda")
     ids = prompt_ids(model, batch_size, PROMPT_LEN)
-    gm = lowered_graph(model, batch_size, PROMPT_LEN + NEW_TOKENS, "static_v3")
-    cached = eager_cached(gm, batch_size, PROMPT_LEN + NEW_TOKENS, model.dtype, "cuda", cuda_graphs=True)
-    expected = hf_generate(model, ids, NEW_TOKENS, eos_stop(model))
+    gm = lowered_graph(model, batch_size, PROMPT_LEN + NEW_TOKENS, cache)
+    cached = _product_cached(gm, cache, batch_size, PROMPT_LEN + NEW_TOKENS, "cuda", cudagraph=True)
+    stop = StopRule([], 0, stop_on_eos=False)  # every row runs the full length: every position is captured
+    expected = hf_generate(model, ids, NEW_TOKENS, stop)
     for _ in range(2):
         with torch.no_grad():
-            tokens = generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, eos_stop(model))
+            tokens = generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, stop)
         assert torch.equal(tokens, expected)
-    assert len(cached.model.graphs) == 2
+    assert len(cached.model.graphs) == (2 if cache == "static_v3" else NEW_TOKENS)
+
+
+@pytest.mark.parametrize("cache", ["static_v1", "static_v2"])
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3"])
+def test_v1_v2_steps_writing_their_caches_in_place_match_hugging_face(family, cache):
+    """The form a captured v1/v2 step takes (its caches written back into the same buffers), off the GPU."""
+    model = tiny_model(family)
+    ids = prompt_ids(model, 2, PROMPT_LEN)
+    gm = lowered_graph(model, 2, PROMPT_LEN + NEW_TOKENS, cache)
+    cached = CachedModel(InPlaceCacheStep(gm, position_count=2), gm, 2, PROMPT_LEN + NEW_TOKENS, model.dtype, "cpu",
+                         in_place=True)
+    addresses = [c.data_ptr() for c in cached.caches]
+    with torch.no_grad():
+        tokens = generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, eos_stop(model))
+    assert torch.equal(tokens, hf_generate(model, ids, NEW_TOKENS, eos_stop(model)))
+    assert [c.data_ptr() for c in cached.caches] == addresses
+
+
+def test_a_v2_step_that_does_not_write_its_caches_back_is_caught(monkeypatch):
+    """The comparison above can fail: the returned caches dropped, every step sees an empty past."""
+    monkeypatch.setattr(InPlaceCacheStep, "forward",
+                        lambda self, ids, pos, *rest: (self.model(ids, pos, *rest)[0],))
+    model = tiny_model("tiny-llama")
+    ids = prompt_ids(model, 2, PROMPT_LEN)
+    gm = lowered_graph(model, 2, PROMPT_LEN + NEW_TOKENS, "static_v2")
+    cached = CachedModel(InPlaceCacheStep(gm, position_count=2), gm, 2, PROMPT_LEN + NEW_TOKENS, model.dtype, "cpu",
+                         in_place=True)
+    with torch.no_grad():
+        tokens = generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, eos_stop(model))
+    assert not torch.equal(tokens, hf_generate(model, ids, NEW_TOKENS, eos_stop(model)))
+
+
+def test_a_step_that_returns_its_caches_cannot_be_captured():
+    model = tiny_model("tiny-llama")
+    gm = lowered_graph(model, 1, 12, "static_v1")
+    with pytest.raises(ValueError, match="in place"):
+        CachedModel(gm, gm, 1, 12, model.dtype, "cpu", cuda_graphs=True)
 
 
 @pytest.mark.gpu
