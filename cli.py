@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 
 from compilers.engine_cache import DEFAULT_ENGINE_CACHE_DIR
+from compilers.inductor_cache import DEFAULT_INDUCTOR_CACHE_DIR, use_inductor_cache
 from errors import UsageError, activity_of, logger
 from load.presets import TINY_PRESETS
 from options import BASELINES, CACHES, COMPILER_LABELS, DTYPES, CompileOptions, ModelOptions, Options, RunOptions
@@ -81,6 +82,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
                            "shapes and settings (default: %(default)s)")
     comp.add_argument("--no_engine_cache", action="store_true",
                       help="TensorRT: build the engine every run, not refittable, and cache nothing")
+    comp.add_argument("--inductor_cache_dir", default=DEFAULT_INDUCTOR_CACHE_DIR, metavar="DIR",
+                      help="inductor (and the baselines' torch.compile): keep compiled graphs, autotuning results "
+                           "and kernels here for later runs (default: $TORCHINDUCTOR_CACHE_DIR, else %(default)s)")
 
     bench = parser.add_argument_group("benchmarking")
     bench.add_argument("--benchmark", action="store_true", help="time random inputs, not --prompt")
@@ -106,7 +110,7 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
     if args.compiler == "tensorrt":
         check_tensorrt_runs_here(device)
         if not args.no_engine_cache:
-            check_cache_dir(args.engine_cache_dir)
+            check_cache_dir(args.engine_cache_dir, "--engine_cache_dir", "or --no_engine_cache")
     if args.cudagraph and not on_gpu:
         raise UsageError("--cudagraph needs a CUDA device; drop it or use --device cuda")
     if args.cudagraph and args.compiler == "eager" and not args.cache:
@@ -116,9 +120,13 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
         gpu_benchmark = args.benchmark and on_gpu
         baselines = default_baselines or (("hf_dynamic", "hf_static", "hf_compiled_step") if gpu_benchmark
                                           else ("hf_dynamic",))
+    inductor_compiles = args.compiler == "inductor" or bool({"hf_static", "hf_compiled_step"} & set(baselines))
+    if inductor_compiles:
+        check_cache_dir(args.inductor_cache_dir, "--inductor_cache_dir")
     model = ModelOptions(args.model, args.precision, device, args.random_weights, args.tokenizer)
     compile_options = CompileOptions(args.compiler, args.cache, cuda_graphs_of(args, on_gpu), args.min_block_size,
-                                     engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir)
+                                     engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir,
+                                     inductor_cache_dir=args.inductor_cache_dir if inductor_compiles else None)
     run = RunOptions(args.prompt, args.num_tokens, args.batch_size, args.benchmark, args.iterations, args.isl,
                      args.enable_pytorch_run, tuple(baselines), args.output_json)
     return Options(model, compile_options, run, backend=getattr(args, "backend", "sdpa"),
@@ -167,16 +175,16 @@ def check_output_path(path: str) -> None:
         raise UsageError(f"--output_json {path}: the folder {folder} is not writable; choose another path")
 
 
-def check_cache_dir(path: str) -> None:
-    """--engine_cache_dir must be a folder that exists or can be created, and be writable."""
+def check_cache_dir(path: str, flag: str, alternative: str = "") -> None:
+    """A cache folder must be a folder that exists or can be created, and be writable."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f"--engine_cache_dir {path} is a file; give a folder, or --no_engine_cache")
+        raise UsageError(f"{flag} {path} is a file; give a folder{', ' + alternative if alternative else ''}")
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.access(existing, os.W_OK):
-        raise UsageError(f"--engine_cache_dir {path}: {existing} is not writable; choose another folder "
-                         "or --no_engine_cache")
+        raise UsageError(f"{flag} {path}: {existing} is not writable; choose another folder"
+                         + (f" {alternative}" if alternative else ""))
 
 
 def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -236,7 +244,10 @@ def run_main(main: Callable[[Options], None], parser: argparse.ArgumentParser,
 
     def work() -> None:
         warn_unused(parser, args)
-        main(to_options(args))
+        options = to_options(args)
+        if options.compile.inductor_cache_dir:
+            use_inductor_cache(options.compile.inductor_cache_dir)
+        main(options)
 
     guarded(parser.prog, work, quiet=args.quiet, debug=args.debug)
 

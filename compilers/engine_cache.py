@@ -18,8 +18,8 @@ import torch
 
 from options import CompileOptions
 
-DEFAULT_ENGINE_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                                        "torch_tensorrt_llm", "engines")
+PROJECT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch_tensorrt_llm")
+DEFAULT_ENGINE_CACHE_DIR = os.path.join(PROJECT_CACHE_DIR, "engines")
 ENGINE_CACHE_BYTES = 64 << 30  # the engines are stored without weights; the oldest go first past this
 
 

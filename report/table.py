@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from compilers.inductor_cache import inductor_cache_state
 from errors import UsageError
 from options import Options
 
@@ -85,7 +86,8 @@ def report_generation(options: Options, label: str, decode, prompt_len: int, tok
     if options.run.output_json:
         write_json(options.run.output_json, RunSetup.of(options),
                    {"texts": texts, "new_tokens": new_tokens, "match": match,
-                    "teacher_forced": forced.as_dict() if forced is not None else None})
+                    "teacher_forced": forced.as_dict() if forced is not None else None},
+                   {"inductor_cache": inductor_cache_state()})
 
 
 COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
@@ -116,7 +118,7 @@ def format_table(setup: RunSetup, results: dict[str, dict], notes: dict | None =
     """
     header = ", ".join(f"{k}={v}" for k, v in asdict(setup).items())
     if notes:
-        header += "; " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in notes.items())
+        header += "; " + ", ".join(f"{k}={cell(v)}" if isinstance(v, float) else f"{k}={v}" for k, v in notes.items())
     columns = present_columns(results.values())
     lines = [header,
              "| backend | " + " | ".join(title for _, title in columns) + " |",
@@ -130,6 +132,7 @@ def report_benchmark(options: Options, results: dict[str, dict], notes: dict, fo
                      build_seconds: float) -> None:
     """Print the table (and what its columns mean), and write the JSON when --output_json asks for it."""
     setup = RunSetup.of(options)
+    notes = {**notes, "inductor_cache": inductor_cache_state()}  # warm: every inductor graph came from its disk cache
     print(format_table(setup, results, notes))
     for line in footnotes:
         print(line)

@@ -74,6 +74,7 @@ CASES = [
     ("run_llm.py", [*LLM, "--no_such_flag"], "unrecognized arguments"),
     ("run_llm.py", [*LLM, "--cudagraph"], "--cudagraph needs a CUDA device"),
     ("run_llm.py", [*LLM, "--cudagraph", "--no_cudagraph"], "not allowed with argument --cudagraph"),
+    ("run_llm.py", [*LLM, "--compiler", "inductor", "--inductor_cache_dir", "{in}/a-file"], "is a file; give a folder"),
     ("run_llm.py", [*LLM, "--backend", "plugin", "--model", "tiny-gpt2"], "not gpt2"),
     ("run_llm.py", [*LLM, "--backend", "plugin", "--plugin_path", "{in}/none.so"], "does not exist"),
     ("run_vlm.py", [*VLM, "--model", "tiny-llama"], "use run_llm.py"),

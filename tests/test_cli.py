@@ -255,3 +255,19 @@ def test_an_engine_cache_dir_that_cannot_hold_engines_is_refused(monkeypatch, tm
         expected = r"--engine_cache_dir .*: .* is not writable; choose another folder or --no_engine_cache"
     with pytest.raises(cli.UsageError, match=expected):
         _tensorrt_options(monkeypatch, ["--engine_cache_dir", str(path)])
+
+
+@pytest.mark.slow
+def test_a_second_inductor_run_loads_its_compiled_graphs_from_the_cache_folder(tmp_path):
+    """--inductor_cache_dir: the first run compiles (cold), the same command again finds every graph there
+    (warm). The JSON says which."""
+    def state(folder: str) -> str:
+        out = tmp_path / "r.json"
+        result = run_llm("--model", "tiny-gpt2", "--compiler", "inductor", "--precision", "FP32", "--num_tokens", "3",
+                         "--inductor_cache_dir", str(tmp_path / folder), "--output_json", str(out))
+        assert result.returncode == 0, result.stderr
+        return json.loads(out.read_text())["inductor_cache"]
+
+    assert state("a") == "cold"
+    assert os.listdir(tmp_path / "a")
+    assert state("a") == "warm"
