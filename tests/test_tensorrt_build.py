@@ -47,7 +47,7 @@ def build_program(program, specs) -> tuple[bytes, list]:
     return bytes(engine), converted
 
 
-@pytest.mark.parametrize("cache", ["", "static_v3"])
+@pytest.mark.parametrize("cache", [""])  # batch-2 static_v2/v3 engines: test_tensorrt_network's generations
 def test_a_batch_builds_an_engine_with_one_lm_head_product(cache):
     """At batch 2 the lm_head is folded into one matrix multiply (fold_lm_head_batch.py): the engine
     builds, and it converts as many batched products as at batch 1 (RoPE's), none for the lm_head."""
@@ -59,7 +59,7 @@ def test_a_batch_builds_an_engine_with_one_lm_head_product(cache):
     assert converted.count(torch.ops.aten.mm.default) == converted_at_batch_1.count(torch.ops.aten.mm.default)
 
 
-@pytest.mark.parametrize("cache", ["", "static_v2"])
+@pytest.mark.parametrize("cache", [""])  # static_v2 through the product's call: test_tensorrt_compile
 def test_vlm_language_model_builds_an_engine(cache):
     """Qwen2.5-VL's language model: embeddings and [3, B, L] positions in, every attention converted."""
     import_torch_tensorrt()

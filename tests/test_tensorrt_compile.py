@@ -16,7 +16,7 @@ from options import CACHES, CompileOptions, ModelOptions
 from static_cache_common import cache_inputs
 from trt_helpers import engines_and_leftovers, engines_built_not_loaded, import_torch_tensorrt
 
-pytestmark = [pytest.mark.tensorrt, pytest.mark.slow]
+pytestmark = [pytest.mark.tensorrt, pytest.mark.slow, pytest.mark.xdist_group("built_engines")]  # one worker: shared memo
 MAX_SEQ_LEN = 24  # room for test_tensorrt_network.py's generations (6 + 16 tokens)
 
 

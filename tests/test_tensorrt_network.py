@@ -20,7 +20,7 @@ from static_cache_common import cache_inputs
 from test_tensorrt_compile import MAX_SEQ_LEN, compile_as_run_llm_does, user_compiled
 from trt_helpers import engines_evaluated, import_torch_tensorrt
 
-pytestmark = [pytest.mark.tensorrt, pytest.mark.slow]
+pytestmark = [pytest.mark.tensorrt, pytest.mark.slow, pytest.mark.xdist_group("built_engines")]  # one worker: shared memo
 TOLERANCE = 1e-4  # largest absolute difference over the largest absolute value, FP32
 STEPS = [(0, 5), (5, 1), (6, 3)]  # (start, length): prefill, decode, a chunk of prefill
 
