@@ -121,8 +121,9 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
         baselines = default_baselines or (("hf_dynamic", "hf_static", "hf_compiled_step") if gpu_benchmark
                                           else ("hf_dynamic",))
     inductor_compiles = args.compiler == "inductor" or bool({"hf_static", "hf_compiled_step"} & set(baselines))
-    if inductor_compiles:
+    if inductor_compiles:  # set for the whole process here: the baselines' torch.compile uses it too
         check_cache_dir(args.inductor_cache_dir, "--inductor_cache_dir")
+        use_inductor_cache(args.inductor_cache_dir)
     model = ModelOptions(args.model, args.precision, device, args.random_weights, args.tokenizer)
     compile_options = CompileOptions(args.compiler, args.cache, cuda_graphs_of(args, on_gpu), args.min_block_size,
                                      engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir,
@@ -244,10 +245,7 @@ def run_main(main: Callable[[Options], None], parser: argparse.ArgumentParser,
 
     def work() -> None:
         warn_unused(parser, args)
-        options = to_options(args)
-        if options.compile.inductor_cache_dir:
-            use_inductor_cache(options.compile.inductor_cache_dir)
-        main(options)
+        main(to_options(args))
 
     guarded(parser.prog, work, quiet=args.quiet, debug=args.debug)
 
