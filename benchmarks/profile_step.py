@@ -111,7 +111,7 @@ def main(args: argparse.Namespace) -> None:
     # the benchmark's own measurement: a warm-up run (compiles and captures), then --iterations timed runs
     figures = run_benchmark(generate, model_options.device, run.iterations, run.batch_size, run.num_tokens).figures
     # the decode step: one token per sequence over the whole cache (a one-token prefill sees a prefix)
-    decode_graph = next(graph for (inputs, _, cache), (graph, *_) in cached.model.graphs.items()
+    decode_graph = next(graph for (inputs, _, cache, _), (graph, *_) in cached.model.graphs.items()
                         if inputs[1] == 1 and cache[2] == max_seq_len)
     replays = time_generation(lambda _: [decode_graph.replay() for _ in range(REPLAYS)], torch.cuda.synchronize)
     replay_us = replays.total_s / REPLAYS * 1e6
