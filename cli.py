@@ -126,8 +126,7 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
         use_inductor_cache(args.inductor_cache_dir)
     model = ModelOptions(args.model, args.precision, device, args.random_weights, args.tokenizer)
     compile_options = CompileOptions(args.compiler, args.cache, cuda_graphs_of(args, on_gpu), args.min_block_size,
-                                     engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir,
-                                     inductor_cache_dir=args.inductor_cache_dir if inductor_compiles else None)
+                                     engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir)
     run = RunOptions(args.prompt, args.num_tokens, args.batch_size, args.benchmark, args.iterations, args.isl,
                      args.enable_pytorch_run, tuple(baselines), args.output_json)
     return Options(model, compile_options, run, backend=getattr(args, "backend", "sdpa"),

@@ -50,7 +50,6 @@ class CompileOptions:
     min_block_size: int = 1  # TensorRT: smallest block to convert
     tuning: DecodeTuning = field(default_factory=DecodeTuning)  # inductor's decode-step tuning
     engine_cache_dir: str | None = None  # TensorRT: built engines are kept and reused here; None: always build
-    inductor_cache_dir: str | None = None  # inductor's disk caches (compilers/inductor_cache.py); None: torch's own
 
     @property
     def label(self) -> str:
