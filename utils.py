@@ -46,8 +46,9 @@ def captured(options: CompileOptions) -> bool:
 def compile_lowered(gm: GraphModule, options: CompileOptions, model: ModelOptions, max_seq_len: int) -> Callable:
     """Compile the lowered graph with the chosen compiler; all three take the same graph.
 
-    A static_v3 graph comes back as an InPlaceCacheStep, which updates the caches in place (see
-    generation.loops.CachedModel); so does a v1/v2 graph that is to be captured as CUDA graphs.
+    A static_v3 graph comes back as a step that updates the caches in place (see
+    generation.loops.CachedModel): an InPlaceCacheStep, or a TensorRT engine whose KV-cache update
+    layers write them; so does a v1/v2 graph that is to be captured as CUDA graphs.
     """
     if options.compiler == "inductor":
         from compilers.inductor import compile_with_inductor
@@ -57,10 +58,10 @@ def compile_lowered(gm: GraphModule, options: CompileOptions, model: ModelOption
     in_place = positions == 1 or captured(options)
     if options.compiler == "eager":
         return InPlaceCacheStep(gm, positions) if in_place else gm
-    from compilers.tensorrt import compile_with_tensorrt
+    from compilers.tensorrt import compile_with_tensorrt, writes_caches_in_place
 
     compiled = compile_with_tensorrt(gm, options, model, max_seq_len)
-    return InPlaceCacheStep(compiled) if positions == 1 else compiled
+    return InPlaceCacheStep(compiled) if positions == 1 and not writes_caches_in_place(compiled) else compiled
 
 
 def cached_model(compiled: Callable, lowered: GraphModule, options: CompileOptions, model: ModelOptions,

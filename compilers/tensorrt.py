@@ -2,14 +2,17 @@
 
 The lowered graph is exported once more (its canonical attention nodes have fake implementations)
 with the sequence length dynamic from 1 to max_seq_len, and compiled with the dtype the model
-already has (Torch-TensorRT 2.14 builds strongly typed networks). Two rewrites come first, for
-what Torch-TensorRT cannot convert as it stands:
-  - static_cache_v3's `index_copy` becomes the equivalent `scatter` along the sequence dimension;
+already has (Torch-TensorRT 2.14 builds strongly typed networks). Two rewrites come first, on a
+copy of the graph (the weights are shared):
+  - static_cache_v3's `index_copy` becomes TensorRT's KV-cache update layer, which writes the caller's
+    cache in place (compilers/kv_cache_update.py), and the graph then returns the logits only; where
+    the installed TensorRT has no such layer, the equivalent `scatter` along the sequence dimension,
+    and the updated caches are returned and copied back (in_place_step.py);
   - a `view` whose size list has a -1 where the size is a known constant gets that constant
     (TensorRT cannot always solve a wildcard next to a dynamic dimension; GPT-2 has one).
 Static caches are fixed-shape inputs; static_v1/v2's `start_idx`/`end_idx` are shape-tensor inputs.
 The canonical attention becomes TensorRT's attention layer where the installed TensorRT has one, else
-matrix products and a softmax (sdpa_converter.py); the run logs which.
+matrix products and a softmax (sdpa_converter.py); the run logs which path each took.
 
 With an engine cache directory (compilers/engine_cache.py), Torch-TensorRT's engine cache keeps each
 built engine without its weights, and a later run of the same model structure, shapes, precision and
@@ -32,6 +35,9 @@ from static_cache_v3 import POSITION_INPUT
 logger = logging.getLogger("llm_tools")
 ATTENTION_AS = {"attention_layer": "TensorRT's attention layer (fused kernels)",
                 "matmul_softmax": "matrix products and a softmax (this TensorRT has no attention layer)"}
+CACHE_WRITE_AS = {"kv_cache_update": "TensorRT's KV-cache update layer, in place in the caller's caches",
+                  "scatter": "a scatter, the caches returned and copied back (this TensorRT has no KV-cache "
+                             "update layer)"}
 
 
 def scatter_rows(cache: torch.Tensor, cache_position: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -40,21 +46,39 @@ def scatter_rows(cache: torch.Tensor, cache_position: torch.Tensor, new: torch.T
     return cache.scatter(2, index, new)
 
 
-def prepare_for_tensorrt(gm: GraphModule) -> GraphModule:
-    """The two rewrites of the module docstring, in place."""
+def prepare_for_tensorrt(gm: GraphModule, cache_write: str) -> GraphModule:
+    """The two rewrites of the module docstring, on a new graph module that shares gm's weights.
+    `cache_write` is compilers.kv_cache_update.CACHE_WRITE: kv_cache_update or scatter."""
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))  # the nodes' metadata (their fake values) is shared
+    gm = GraphModule(gm, graph)
+    in_place = False
     for node in list(gm.graph.nodes):
         if node.op != "call_function":
             continue
         if node.target == torch.ops.aten.index_copy.default and node.args[1] == 2:
             cache, _, cache_position, new = node.args
-            node.target, node.args = scatter_rows, (cache, cache_position, new)
+            if cache_write == "kv_cache_update":
+                node.target, node.args = torch.ops.llm_tools.kv_cache_update.default, (cache, new, cache_position)
+                in_place = True
+            else:
+                node.target, node.args = scatter_rows, (cache, cache_position, new)
         elif node.target == torch.ops.aten.view.default and -1 in list(node.args[1]) and "val" in node.meta:
             shape = node.meta["val"].shape
             sizes = [shape[i] if size == -1 and isinstance(shape[i], int) else size
                      for i, size in enumerate(node.args[1])]
             node.args = (node.args[0], sizes)
+    if in_place:  # the engine writes the caches; only the logits are returned
+        output = gm.graph.find_nodes(op="output")[0]
+        output.args = ((output.args[0][0],),)
+        gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+def writes_caches_in_place(compiled: GraphModule) -> bool:
+    """Whether a compiled static_v3 module writes the caches itself (the KV-cache update layer)."""
+    return len(compiled.graph.find_nodes(op="output")[0].args[0]) == 1
 
 
 def bound_positions(gm: GraphModule, max_seq_len: int) -> None:
@@ -93,7 +117,7 @@ def end_profiles(max_seq_len: int) -> list[dict]:
             {"min_shape": (1,), "opt_shape": (max_seq_len,), "max_shape": (max_seq_len,)}]
 
 
-def tensorrt_program(gm: GraphModule, max_seq_len: int, device) -> tuple:
+def tensorrt_program(gm: GraphModule, max_seq_len: int, device, cache_write: str) -> tuple:
     """(exported program, Torch-TensorRT input specs) of a lowered graph, with or without static caches.
 
     The inputs whose length is the sequence length get the decode and prefill profiles. Torch-TensorRT
@@ -101,7 +125,7 @@ def tensorrt_program(gm: GraphModule, max_seq_len: int, device) -> tuple:
     """
     import torch_tensorrt
 
-    gm = prepare_for_tensorrt(gm)
+    gm = prepare_for_tensorrt(gm, cache_write)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     placeholders = {node.name: node for node in gm.graph.find_nodes(op="placeholder")}
     example_len = min(3, max_seq_len)
@@ -151,9 +175,12 @@ def compile_with_tensorrt(gm: GraphModule, options: CompileOptions, model: Model
     import torch_tensorrt
 
     import sdpa_converter  # registers the canonical node's converter
+    from compilers import kv_cache_update  # registers the cache write's converter
 
     logger.info("TensorRT: attention as %s", ATTENTION_AS[sdpa_converter.LAYERS])
-    program, specs = tensorrt_program(gm, max_seq_len, model.device)
+    if POSITION_INPUT in {node.name for node in gm.graph.find_nodes(op="placeholder")}:
+        logger.info("TensorRT: static_v3's cache writes as %s", CACHE_WRITE_AS[kv_cache_update.CACHE_WRITE])
+    program, specs = tensorrt_program(gm, max_seq_len, model.device, kv_cache_update.CACHE_WRITE)
     compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=options.min_block_size,
                                              use_fp32_acc=model.precision == "FP16",
                                              **engine_cache_settings(options))

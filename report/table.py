@@ -33,6 +33,7 @@ class RunSetup:
     cache: str
     device: str
     attention: str  # what the attention runs as: sdpa, plugin, or the TensorRT layers it converts to
+    cache_write: str  # how a TensorRT static_v3 engine writes its caches: kv_cache_update or scatter; else "-"
     cuda_graphs: bool  # whether the compiled model ran through CUDA graphs (cli.cuda_graphs_of: on or by default)
 
     @classmethod
@@ -41,7 +42,7 @@ class RunSetup:
         device = torch.cuda.get_device_name() if model.on_gpu else "cpu"
         return cls(model.name, model.precision, run.batch_size, run.isl, run.num_tokens,
                    options.compile.compiler, options.compile.cache or "none", device, attention_of(options),
-                   options.compile.cudagraph)
+                   cache_write_of(options), options.compile.cudagraph)
 
 
 def attention_of(options: Options) -> str:
@@ -52,6 +53,14 @@ def attention_of(options: Options) -> str:
 
         return sdpa_converter.LAYERS  # attention_layer (TensorRT's own) or matmul_softmax
     return "sdpa"
+
+
+def cache_write_of(options: Options) -> str:
+    if options.compile.compiler == "tensorrt" and options.compile.cache == "static_v3" and options.backend != "plugin":
+        from compilers import kv_cache_update
+
+        return kv_cache_update.CACHE_WRITE  # kv_cache_update (in place) or scatter
+    return "-"
 
 
 def print_generation(label: str, text: str) -> None:
@@ -106,19 +115,20 @@ def cell(value) -> str:
 
 
 def present_columns(rows) -> list[tuple[str, str]]:
-    """The COLUMNS that at least one row has a figure for (peak GPU memory is left out on a CPU, say)."""
+    """The COLUMNS that at least one row measures; a figure that needs a GPU is None on a CPU, shown `-`."""
     rows = list(rows)
-    return [(key, title) for key, title in COLUMNS if any(row.get(key) is not None for row in rows)]
+    return [(key, title) for key, title in COLUMNS if any(key in row for row in rows)]
 
 
 def format_table(setup: RunSetup, results: dict[str, dict], notes: dict | None = None) -> str:
     """A Markdown table (medians over the iterations), under a line that says what ran.
 
-    A column that no row has a figure for (peak GPU memory on a CPU, say) is left out.
+    A column that no row measures is left out; a figure that needs a GPU shows `-` on a CPU.
     """
     header = ", ".join(f"{k}={v}" for k, v in asdict(setup).items())
     if notes:
-        header += "; " + ", ".join(f"{k}={cell(v)}" if isinstance(v, float) else f"{k}={v}" for k, v in notes.items())
+        header += "; " + ", ".join(f"{k}={cell(v)}" if v is None or isinstance(v, float) else f"{k}={v}"
+                                   for k, v in notes.items())
     columns = present_columns(results.values())
     lines = [header,
              "| backend | " + " | ".join(title for _, title in columns) + " |",
@@ -133,7 +143,10 @@ def report_benchmark(options: Options, results: dict[str, dict], notes: dict, fo
     """Print the table (and what its columns mean), and write the JSON when --output_json asks for it."""
     setup = RunSetup.of(options)
     notes = {**notes, "inductor_cache": inductor_cache_state()}  # warm: every inductor graph came from its disk cache
+    if not options.model.on_gpu:
+        notes["timings"] = "CPU, indicative only"
     print(format_table(setup, results, notes))
+    print("TTFT, TPOT and E2E are medians over the iterations; decode tok/s = batch size / TPOT")
     for line in footnotes:
         print(line)
     if options.run.output_json:

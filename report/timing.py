@@ -81,8 +81,11 @@ def metrics(iterations: list[Iteration], batch_size: int, new_tokens: int) -> di
         "e2e_tokens_per_s": summarize([batch_size * new_tokens / it.total_s for it in iterations]),
     }
     if decode_steps > 0:
-        result["decode_tokens_per_s"] = summarize([batch_size * decode_steps / s for s in decode_s])
-        result["tpot_ms"] = summarize([s * 1e3 / decode_steps for s in decode_s])
+        tpot_ms = summarize([s * 1e3 / decode_steps for s in decode_s])
+        result["tpot_ms"] = tpot_ms
+        # From the same statistics as TPOT, so the two columns always agree: the median step's rate,
+        # and the mean rate over every timed decode step.
+        result["decode_tokens_per_s"] = {stat: batch_size * 1e3 / tpot_ms[stat] for stat in ("median", "mean")}
     return result
 
 
@@ -115,9 +118,14 @@ def run_benchmark(run: Callable[[Callable[[], None]], torch.Tensor], device: str
     steady_s = figures["e2e_latency_ms"]["median"] / 1e3
     figures["compile_s"] = build_s + max(warmup_s - steady_s, 0.0)
     figures["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-    if decode_bytes is not None and "tpot_ms" in figures:
-        figures["decode_bandwidth_tb_s"] = decode_bytes / (figures["tpot_ms"]["median"] / 1e3) / 1e12
+    if decode_bytes is not None and "tpot_ms" in figures:  # a GPU's figure: a CPU's is not memory-bound alone
+        figures["decode_bandwidth_tb_s"] = achieved_bandwidth_tb_s(decode_bytes, figures["tpot_ms"]["median"]) \
+            if cuda else None
     return Measured(figures, tokens)
+
+
+def achieved_bandwidth_tb_s(bytes_per_step: float, step_ms: float) -> float:
+    return bytes_per_step / (step_ms / 1e3) / 1e12
 
 
 def decode_bytes_per_step(model, batch_size: int, isl: int, new_tokens: int) -> float:
@@ -136,29 +144,26 @@ def decode_bytes_per_step(model, batch_size: int, isl: int, new_tokens: int) -> 
     return weights + kv
 
 
-def copy_bandwidth_tb_s(device: str, megabytes: int = 512, repeats: int = 10) -> float:
-    """Measured device-to-device copy bandwidth, counting the bytes read and written (median of `repeats`).
+def copy_bandwidth_tb_s(device: str, megabytes: int = 512, repeats: int = 10) -> float | None:
+    """Measured device-to-device copy bandwidth, counting the bytes read and written (median of `repeats`);
+    None on a CPU, where it would not bound a decode step.
 
-    On a GPU each copy is timed with CUDA events: a host sync around a copy of a few tenths of a
-    millisecond would add its own latency to the figure.
+    Each copy is timed with CUDA events: a host sync around a copy of a few tenths of a millisecond
+    would add its own latency to the figure.
     """
+    if not str(device).startswith("cuda"):
+        return None
     src = torch.empty(megabytes * 2 ** 20, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    on_gpu = str(device).startswith("cuda")
     dst.copy_(src)
     times = []
     for _ in range(repeats):
-        if on_gpu:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dst.copy_(src)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            began = time.perf_counter()
-            dst.copy_(src)
-            times.append(time.perf_counter() - began)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
     return 2 * src.numel() / statistics.median(times) / 1e12
 
 

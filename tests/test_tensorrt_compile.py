@@ -42,12 +42,15 @@ _COMPILED: dict[tuple, tuple] = {}
 def user_compiled(family: str, cache: str, batch_size: int = 1, max_seq_len: int = MAX_SEQ_LEN,
                   unwrap: bool = True) -> tuple:
     """(lowered graph, compiled module) of a tiny family as run_llm.py compiles it, built once per session
-    for each conversion of the attention (test_tensorrt_network.py evaluates the same modules)."""
+    for each conversion of the attention and of the cache write (test_tensorrt_network.py evaluates the
+    same modules)."""
     import_torch_tensorrt()
     import sdpa_converter
     from compilers.in_place_step import InPlaceCacheStep
 
-    key = (family, cache, batch_size, max_seq_len, sdpa_converter.LAYERS)
+    from compilers import kv_cache_update
+
+    key = (family, cache, batch_size, max_seq_len, sdpa_converter.LAYERS, kv_cache_update.CACHE_WRITE)
     if key not in _COMPILED:
         gm = lowered_graph(tiny_model(family), batch_size, max_seq_len, cache)
         _COMPILED[key] = gm, compile_as_run_llm_does(gm, family, cache, max_seq_len=max_seq_len, unwrap=False)[0]
@@ -77,6 +80,53 @@ def test_the_user_call_gives_one_engine_and_nothing_left_to_pytorch(family, cach
     # Every cache reaches the engine as an input and comes back as an output, after the logits.
     assert set(caches) <= set(engine.input_binding_names)
     assert len(engine.output_binding_names) == 1 + len(caches)
+    from compilers import kv_cache_update
+
+    if cache == "static_v3" and kv_cache_update.CACHE_WRITE == kv_cache_update.KV_CACHE_UPDATE:
+        assert_caches_written_in_place(engine, caches)  # by TensorRT's KV-cache update layers
+
+
+def test_an_fp16_static_v3_engine_writes_its_caches_in_place():
+    """--precision FP16: the KV-cache update layers take the FP16 caches as they are (a cast between
+    the layer and the engine output would break the aliasing)."""
+    import_torch_tensorrt()
+    from compilers import kv_cache_update
+
+    if kv_cache_update.CACHE_WRITE != kv_cache_update.KV_CACHE_UPDATE:
+        pytest.skip("this TensorRT has no KV-cache update layer")
+    gm = lowered_graph(tiny_model("tiny-llama", precision="FP16"), 1, MAX_SEQ_LEN, "static_v3")
+    compiled, _ = compile_as_run_llm_does(gm, "tiny-llama", "static_v3", "FP16")
+    engine = assert_one_engine_nothing_left(compiled, "tiny-llama static_v3 FP16")
+    assert_caches_written_in_place(engine, [node.name for node in cache_inputs(gm)])
+
+
+def test_the_setup_names_the_attention_and_cache_write_of_a_tensorrt_run():
+    import_torch_tensorrt()
+    from options import Options, RunOptions
+    from report.table import RunSetup
+
+    def setup(cache: str, backend: str = "sdpa") -> RunSetup:
+        return RunSetup.of(Options(ModelOptions("tiny-llama"), CompileOptions("tensorrt", cache), RunOptions(),
+                                   backend=backend))
+
+    assert (setup("static_v3").attention, setup("static_v3").cache_write) == ("attention_layer", "kv_cache_update")
+    assert setup("static_v2").cache_write == "-" and setup("static_v3", "plugin").cache_write == "-"
+
+
+def assert_caches_written_in_place(engine, caches: list[str]) -> None:
+    """Each cache output is a KV-cache update layer's, aliased to its own cache input."""
+    import tensorrt as trt
+
+    from trt_helpers import network_of_engine
+
+    network = network_of_engine(engine)
+    kinds = [network.get_layer(i).type for i in range(network.num_layers)]
+    print(f"  {kinds.count(trt.LayerType.KV_CACHE_UPDATE)} KV-cache update layer(s), "
+          f"{kinds.count(trt.LayerType.SCATTER)} scatter layer(s), {len(engine.aliased_io)} aliased output(s)")
+    assert kinds.count(trt.LayerType.KV_CACHE_UPDATE) == len(caches)
+    assert trt.LayerType.SCATTER not in kinds
+    assert sorted(alias for alias, _ in engine.aliased_io.values()) == sorted(caches)
+    assert set(engine.aliased_io) == set(engine.output_binding_names[1:])
 
 
 @pytest.mark.parametrize("family", ["tiny-qwen2.5-vl", "tiny-eagle2"])

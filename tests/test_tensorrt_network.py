@@ -31,11 +31,13 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def step(module, cache: str, ids, caches, start: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One call of a lowered graph or of its compiled module, as generation/loops.py makes it:
-    (logits, the caches after the step)."""
+    (logits, the caches after the step). A static_v3 engine whose KV-cache update layers write the
+    caches in place returns the logits only."""
     length = ids.shape[1]
     positions = torch.arange(start, start + length).expand(ids.shape[0], -1)
     if cache == "static_v3":
-        logits, *caches = module(ids, positions, *caches, torch.arange(start, start + length))
+        logits, *returned = module(ids, positions, *caches, torch.arange(start, start + length))
+        caches = returned or caches
     elif cache:
         logits, *caches = module(ids, positions, *caches, start, start + length)
     else:
@@ -48,7 +50,7 @@ def errors_over_steps(gm, compiled, cache: str, family: str) -> list[float]:
     of prefill, each network and graph fed its own caches from the step before."""
     model = tiny_model(family)
     expected_caches = [torch.zeros(node.meta["val"].shape) for node in cache_inputs(gm)]
-    actual_caches = list(expected_caches)
+    actual_caches = [cache.clone() for cache in expected_caches]
     ids = prompt_ids(model, 1, 9, seed=1)
     errors = []
     with torch.no_grad(), engines_evaluated():
@@ -64,8 +66,11 @@ def errors_over_steps(gm, compiled, cache: str, family: str) -> list[float]:
 def assert_network_matches(family: str, cache: str) -> None:
     gm, compiled = user_compiled(family, cache)
     import sdpa_converter  # importable once torch_tensorrt is
+    from compilers import kv_cache_update
+
     errors = errors_over_steps(gm, compiled, cache, family)
-    print(f"\n{family} {cache or 'no cache'} ({sdpa_converter.LAYERS}): largest relative error "
+    conversion = sdpa_converter.LAYERS + (f", {kv_cache_update.CACHE_WRITE}" if cache == "static_v3" else "")
+    print(f"\n{family} {cache or 'no cache'} ({conversion}): largest relative error "
           f"{max(errors):.1e} over {len(STEPS)} steps, logits and {len(cache_inputs(gm))} caches")
     assert max(errors) <= TOLERANCE
 
@@ -87,6 +92,17 @@ def test_the_fallback_attention_network_computes_the_lowered_graph(family, cache
 
     monkeypatch.setattr(sdpa_converter, "LAYERS", sdpa_converter.MATMUL_SOFTMAX)
     assert_network_matches(family, cache)
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3"])
+def test_the_scatter_cache_write_computes_the_lowered_graph(family, monkeypatch):
+    """static_v3's cache write as a scatter with the caches returned, the conversion for a TensorRT
+    without a KV-cache update layer."""
+    import_torch_tensorrt()
+    from compilers import kv_cache_update
+
+    monkeypatch.setattr(kv_cache_update, "CACHE_WRITE", kv_cache_update.SCATTER)
+    assert_network_matches(family, "static_v3")
 
 
 GENERATED = 16
@@ -171,21 +187,29 @@ def test_a_wrong_attention_scale_is_caught(conversion, monkeypatch):
     assert max(planted_errors("tiny-llama", "")) > TOLERANCE
 
 
-def test_a_cache_written_one_slot_late_is_caught(monkeypatch):
-    """static_v3's cache write (index_copy, which reaches Torch-TensorRT's scatter converter) with every
-    index one slot too far."""
+@pytest.mark.parametrize("cache_write", ["kv_cache_update", "scatter"])
+def test_a_cache_written_one_slot_late_is_caught(cache_write, monkeypatch):
+    """static_v3's cache write with every write one slot too far: the KV-cache update layer's write
+    indices, or the indices of the scatter it falls back to (Torch-TensorRT's scatter converter)."""
     import_torch_tensorrt()
     import numpy as np
     import tensorrt as trt
     from torch_tensorrt.dynamo.conversion import impl
 
-    original = impl.select.scatter
+    from compilers import kv_cache_update
 
-    def one_slot_late(ctx, target, source_ir, name, input, dim, index, src):
+    def plus_one(ctx, index):
         dtype = np.int64 if index.dtype == trt.int64 else np.int32
         one = ctx.net.add_constant((1,) * len(index.shape), trt.Weights(np.ones((1,) * len(index.shape), dtype)))
-        later = ctx.net.add_elementwise(index, one.get_output(0), trt.ElementWiseOperation.SUM).get_output(0)
-        return original(ctx, target, source_ir, name, input, dim, later, src)
+        return ctx.net.add_elementwise(index, one.get_output(0), trt.ElementWiseOperation.SUM).get_output(0)
 
-    monkeypatch.setattr(impl.select, "scatter", one_slot_late)
+    monkeypatch.setattr(kv_cache_update, "CACHE_WRITE", cache_write)
+    if cache_write == "kv_cache_update":
+        write_indices = kv_cache_update.write_indices
+        monkeypatch.setattr(kv_cache_update, "write_indices",
+                            lambda ctx, name, *args: plus_one(ctx, write_indices(ctx, name, *args)))
+    else:
+        scatter = impl.select.scatter
+        monkeypatch.setattr(impl.select, "scatter", lambda ctx, target, source_ir, name, input, dim, index, src:
+                            scatter(ctx, target, source_ir, name, input, dim, plus_one(ctx, index), src))
     assert max(planted_errors("tiny-llama", "static_v3")) > TOLERANCE

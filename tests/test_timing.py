@@ -9,6 +9,7 @@ from conftest import tiny_model
 from report import timing
 from report.timing import (
     Iteration,
+    achieved_bandwidth_tb_s,
     decode_bytes_per_step,
     metrics,
     run_benchmark,
@@ -35,12 +36,20 @@ def test_metrics_from_synthetic_iterations():
     result = metrics(iterations, batch_size=2, new_tokens=11)
     assert result["ttft_ms"]["median"] == pytest.approx(60.0)
     assert result["e2e_latency_ms"]["median"] == pytest.approx(160.0)
-    # decode: 20 tokens in 0.100, 0.200, 0.100 s -> 200, 100, 200 tok/s
-    assert result["decode_tokens_per_s"]["median"] == pytest.approx(200.0)
-    assert result["decode_tokens_per_s"]["mean"] == pytest.approx(500 / 3)
+    # decode: 20 tokens in 0.100, 0.200, 0.100 s -> TPOT 10, 20, 10 ms; batch / TPOT
     assert result["tpot_ms"]["median"] == pytest.approx(10.0)
+    assert result["decode_tokens_per_s"]["median"] == pytest.approx(200.0)
+    assert result["decode_tokens_per_s"]["mean"] == pytest.approx(60 / 0.400)  # every timed step: 60 tokens in 0.4 s
     # end to end: 22 tokens in 0.150, 0.270, 0.160 s
     assert result["e2e_tokens_per_s"]["median"] == pytest.approx(22 / 0.160)
+
+
+def test_decode_rate_and_tpot_agree_over_an_even_number_of_iterations():
+    """A median of two rates is not the rate of the median of two times; both columns come from TPOT."""
+    iterations = [Iteration(ttft_s=0.010, total_s=0.110), Iteration(ttft_s=0.010, total_s=0.410)]
+    result = metrics(iterations, batch_size=4, new_tokens=11)
+    assert result["tpot_ms"]["median"] == pytest.approx(25.0)  # 10 and 40 ms
+    assert result["decode_tokens_per_s"]["median"] * result["tpot_ms"]["median"] == pytest.approx(4 * 1e3)
 
 
 def test_time_generation_splits_at_the_first_token(monkeypatch):
@@ -63,8 +72,8 @@ def test_compile_time_and_bandwidth_from_a_synthetic_run(monkeypatch):
     figures = measured.figures
     assert figures["compile_s"] == pytest.approx(2.0 + 5.0 - 1.0)  # build + the warm-up's extra time
     assert figures["tpot_ms"]["median"] == pytest.approx(800 / 9)
-    assert figures["decode_bandwidth_tb_s"] == pytest.approx(4e9 / (0.8 / 9) / 1e12)
-    assert figures["peak_memory_gb"] is None  # no GPU
+    assert figures["decode_bandwidth_tb_s"] is None and figures["peak_memory_gb"] is None  # GPU figures, on a CPU
+    assert achieved_bandwidth_tb_s(4e9, 800 / 9) == pytest.approx(4e9 / (0.8 / 9) / 1e12)
 
 
 def test_token_agreement_counts_new_tokens_only():

@@ -106,14 +106,22 @@ def network_of_engine(engine_module):
 
 def _evaluated_forward(self, *inputs):
     """TorchTensorRTModule.forward with the engine's network evaluated in numpy instead of executed:
-    the same inputs in binding order (ints become shape-tensor values), the outputs in binding order."""
+    the same inputs in binding order (ints become shape-tensor values), the outputs in binding order.
+    As the runtime does with an engine's aliased outputs (a KV-cache update layer's), each is written
+    into the input tensor it aliases and left out of what is returned."""
+    from torch_tensorrt.dynamo.runtime._TorchTensorRTModule import user_output_count
+
     from trt_reference import evaluate
 
     assert len(inputs) == len(self.input_binding_names)
+    bound = dict(zip(self.input_binding_names, inputs))
     feeds = {name: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-             for name, value in zip(self.input_binding_names, inputs)}
+             for name, value in bound.items()}
     values = evaluate(network_of_engine(self), feeds)
-    outputs = [torch.from_numpy(values[name]) for name in self.output_binding_names]
+    for output_name, (input_name, _) in self.aliased_io.items():
+        bound[input_name].copy_(torch.from_numpy(values[output_name]))
+    names = self.output_binding_names[:user_output_count(self.output_binding_names, self.aliased_io)]
+    outputs = [torch.from_numpy(values[name]) for name in names]
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 

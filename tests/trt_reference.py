@@ -94,6 +94,8 @@ _CLASSES = {
     trt.LayerType.UNSQUEEZE: trt.IUnsqueezeLayer, trt.LayerType.SQUEEZE: trt.ISqueezeLayer,
     trt.LayerType.NORMALIZATION: trt.INormalizationLayer, trt.LayerType.IDENTITY: trt.IIdentityLayer,
 }
+if hasattr(trt, "IKVCacheUpdateLayer"):
+    _CLASSES[trt.LayerType.KV_CACHE_UPDATE] = trt.IKVCacheUpdateLayer
 _ATTENTION_INPUT = _ATTENTION_OUTPUT = None  # TensorRT's attention layer, where this TensorRT has one
 if hasattr(trt, "IAttention"):
     _ATTENTION_INPUT, _ATTENTION_OUTPUT = trt.LayerType.ATTENTION_INPUT, trt.LayerType.ATTENTION_OUTPUT
@@ -191,6 +193,18 @@ def _scatter(layer, data, indices, updates):
         np.put_along_axis(out, indices, updates, axis=layer.axis)
     else:  # ND: the last axis of indices addresses data's leading axes
         out[tuple(np.moveaxis(indices, -1, 0))] = updates
+    return out
+
+
+def _kv_cache_update(layer, cache, update, write_indices):
+    """LINEAR mode: output[b, :, write_indices[b] + s, :] = update[b, :, s, :], the rest is the cache.
+    A write past the cache's end is an error (TensorRT leaves it undefined)."""
+    assert layer.cache_mode == trt.KVCacheMode.LINEAR, layer.cache_mode
+    out, length = cache.copy(), update.shape[2]
+    for b, start in enumerate(np.asarray(write_indices).reshape(-1)):
+        if not 0 <= start <= cache.shape[2] - length:
+            raise AssertionError(f"layer {layer.name}: rows {start}..{start + length - 1} of a cache of {cache.shape[2]}")
+        out[b, :, start:start + length] = update[b]
     return out
 
 
@@ -298,6 +312,8 @@ def _evaluate_layer(layer, kind, args):
         return _normalization(layer, x.astype(np.float64), *args[1:]).astype(x.dtype)
     if kind == trt.LayerType.IDENTITY:
         return args[0].copy()
+    if kind == trt.LayerType.KV_CACHE_UPDATE:
+        return _kv_cache_update(layer, *args)
     if kind == _ATTENTION_INPUT:  # the attention is computed at its output layer
         return np.zeros(0)
     if kind == _ATTENTION_OUTPUT:
