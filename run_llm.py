@@ -123,11 +123,14 @@ def main(options: Options) -> None:
     def compare_forced(reference: torch.Tensor):
         """The compiled model and the PyTorch model, fed the reference's tokens (generation/teacher_forced.py)."""
         with stage("comparing the compiled model with PyTorch, teacher-forced"):
-            step, stepwise = (compiled, False) if not (plugin or compile_options.cache) else (cached, True)
             if plugin:
                 for cache in plugin_caches:
                     cache.zero_()
-                step = PluginCachedModel(compiled, model, plugin_caches)
+                step, stepwise = PluginCachedModel(compiled, model, plugin_caches), True
+            elif compile_options.cache:
+                step, stepwise = cached, True
+            else:
+                step, stepwise = compiled, False
             return teacher_forced(step, model, reference, input_ids.shape[1], stepwise,
                                   [] if run.benchmark else eos)
 

@@ -81,14 +81,13 @@ def writes_caches_in_place(compiled: GraphModule) -> bool:
     return len(compiled.graph.find_nodes(op="output")[0].args[0]) == 1
 
 
-def bound_positions(gm: GraphModule, max_seq_len: int) -> None:
+def bound_positions(gm: GraphModule, placeholders: dict, max_seq_len: int) -> None:
     """Bound static_v1/v2's start_idx and end_idx for the export, with checks at the graph's start.
 
     An integer input cannot take a bounded export Dim, and Torch-TensorRT bounds only the upper end of an
     unbounded one, so without these the engine's profile lets end_idx be 0: an empty cache slice at the
     profile's minimum, which TensorRT reports as an inconsistent profile.
     """
-    placeholders = {node.name: node for node in gm.graph.find_nodes(op="placeholder")}
     start_idx, end_idx = (placeholders[name] for name in START_END)
     bounds = [(start_idx, operator.ge, 0), (start_idx, operator.lt, max_seq_len),
               (end_idx, operator.ge, 1), (end_idx, operator.le, max_seq_len)]
@@ -117,7 +116,7 @@ def end_profiles(max_seq_len: int) -> list[dict]:
             {"min_shape": (1,), "opt_shape": (max_seq_len,), "max_shape": (max_seq_len,)}]
 
 
-def tensorrt_program(gm: GraphModule, max_seq_len: int, device, cache_write: str) -> tuple:
+def tensorrt_program(gm: GraphModule, max_seq_len: int, device) -> tuple:
     """(exported program, Torch-TensorRT input specs) of a lowered graph, with or without static caches.
 
     The inputs whose length is the sequence length get the decode and prefill profiles. Torch-TensorRT
@@ -125,7 +124,9 @@ def tensorrt_program(gm: GraphModule, max_seq_len: int, device, cache_write: str
     """
     import torch_tensorrt
 
-    gm = prepare_for_tensorrt(gm, cache_write)
+    from compilers import kv_cache_update  # registers the cache write's converter
+
+    gm = prepare_for_tensorrt(gm, kv_cache_update.CACHE_WRITE)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     placeholders = {node.name: node for node in gm.graph.find_nodes(op="placeholder")}
     example_len = min(3, max_seq_len)
@@ -160,7 +161,7 @@ def tensorrt_program(gm: GraphModule, max_seq_len: int, device, cache_write: str
         # and start_idx 0 would then cut every step's cache prefix away.
         args += [example_start, example_start + example_len]
         dynamic += [torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC]
-        bound_positions(gm, max_seq_len)
+        bound_positions(gm, placeholders, max_seq_len)
         # Scalar shape tensors: their min/opt/max are the values start_idx and end_idx take. Profiles
         # may not start at 0, so start_idx has one range for both (its opt, 0, suits both).
         specs += [torch_tensorrt.Input(min_shape=(0,), opt_shape=(0,), max_shape=(max_seq_len - 1,),
@@ -175,12 +176,12 @@ def compile_with_tensorrt(gm: GraphModule, options: CompileOptions, model: Model
     import torch_tensorrt
 
     import sdpa_converter  # registers the canonical node's converter
-    from compilers import kv_cache_update  # registers the cache write's converter
+    from compilers import kv_cache_update
 
     logger.info("TensorRT: attention as %s", ATTENTION_AS[sdpa_converter.LAYERS])
     if POSITION_INPUT in {node.name for node in gm.graph.find_nodes(op="placeholder")}:
         logger.info("TensorRT: static_v3's cache writes as %s", CACHE_WRITE_AS[kv_cache_update.CACHE_WRITE])
-    program, specs = tensorrt_program(gm, max_seq_len, model.device, kv_cache_update.CACHE_WRITE)
+    program, specs = tensorrt_program(gm, max_seq_len, model.device)
     compiled = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, min_block_size=options.min_block_size,
                                              use_fp32_acc=model.precision == "FP16",
                                              **engine_cache_settings(options))

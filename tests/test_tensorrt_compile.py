@@ -342,7 +342,7 @@ def test_without_the_position_bounds_end_idx_could_be_zero(monkeypatch):
     import_torch_tensorrt()
     from compilers import tensorrt
 
-    monkeypatch.setattr(tensorrt, "bound_positions", lambda gm, max_seq_len: None)
+    monkeypatch.setattr(tensorrt, "bound_positions", lambda gm, placeholders, max_seq_len: None)
     builds = counting_builds(monkeypatch)
     compile_as_run_llm_does(lowered_graph(tiny_model("tiny-llama"), 1, MAX_SEQ_LEN, "static_v2"),
                             "tiny-llama", "static_v2")
