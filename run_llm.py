@@ -26,7 +26,7 @@ from errors import doing, logger, stage
 from export import export_llm
 from generation.baselines import HFCompiledStep, hf_forward_no_cache, hf_generate
 from generation.loops import Prompt, StopRule, generate_no_cache, generate_static_cache
-from generation.teacher_forced import teacher_forced
+from generation.teacher_forced import reference_logits, teacher_forced
 from load.models import check_llm_family, check_positions, load_config, load_model
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
 from options import BASELINES, Options
@@ -131,7 +131,9 @@ def main(options: Options) -> None:
                 step, stepwise = cached, True
             else:
                 step, stepwise = compiled, False
-            return teacher_forced(step, model, reference, input_ids.shape[1], stepwise,
+            prompt_len = input_ids.shape[1]
+            expected = reference_logits(model, reference, prompt_len)
+            return teacher_forced(step, Prompt.text(reference[:, :prompt_len]), reference, expected, stepwise,
                                   [] if run.benchmark else eos)
 
     def pytorch_run(baseline: str) -> Callable:

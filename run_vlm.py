@@ -23,6 +23,7 @@ from cli import add_common_arguments, new_parser, options_from_args, run_main
 from errors import UsageError, doing, stage
 from export import export_llm
 from generation.loops import StopRule, generate_no_cache, generate_static_cache
+from generation.teacher_forced import teacher_forced
 from load.models import check_positions, load_config
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
 from options import Options
@@ -119,12 +120,22 @@ def main(options: Options) -> None:
     def run_pytorch(on_first_token=None) -> torch.Tensor:
         return vlm.reference(inputs, run.num_tokens, stop_rule(), on_first_token)
 
+    def compare_forced(reference: torch.Tensor):
+        """The compiled language model and the PyTorch model, fed the reference's tokens after the same
+        image and prompt (generation/teacher_forced.py)."""
+        with stage("comparing the compiled model with PyTorch, teacher-forced"), torch.no_grad():
+            prompt = vlm.prompt(inputs, vlm.image_embeddings(inputs))
+            step, stepwise = (cached, True) if compile_options.cache else (compiled, False)
+            return teacher_forced(step, prompt, reference, vlm.reference_logits(inputs, reference), stepwise,
+                                  [] if run.benchmark else eos)
+
     if not run.benchmark:
         with stage("generating"):
             reference = run_pytorch() if run.enable_pytorch_run else None
             tokens = run_compiled()
+        forced = compare_forced(reference) if reference is not None else None
         report_generation(options, label, partial(tokenizer.decode, skip_special_tokens=True), prompt_len,
-                          tokens, reference, shown_from=prompt_len)
+                          tokens, reference, shown_from=prompt_len, forced=forced)
         return
 
     decode_bytes = decode_bytes_per_step(language_model, run.batch_size, prompt_len, run.num_tokens)
@@ -139,13 +150,18 @@ def main(options: Options) -> None:
     with stage(f"benchmarking {row}"):
         measured[row] = measure(run_compiled, build_s=build_seconds)
     measured[row].figures["vision_encoder_ms"] = summarize(vision_ms[-run.iterations:])
-    if run.enable_pytorch_run:
-        measured[row].figures["token_agreement"] = token_agreement(measured[reference_row].tokens,
-                                                                   measured[row].tokens, prompt_len)
     vision = label if vlm.compiles_vision else "PyTorch"
+    footnotes = [f"vision ms: the vision encoder ({vision}) alone; TTFT includes it"]
+    if run.enable_pytorch_run:
+        reference = measured[reference_row].tokens
+        forced = compare_forced(reference)
+        measured[row].figures.update(token_agreement=token_agreement(reference, measured[row].tokens, prompt_len),
+                                     forced_top1=forced.top1_agreement, forced_max_logit_diff=forced.max_abs_logit_diff)
+        footnotes += ["tokens = ref: share of new tokens equal to the PyTorch row's",
+                      "top-1 forced, max logit diff: the compiled model and PyTorch fed the PyTorch row's tokens: "
+                      "share of steps whose top token agrees, largest logit difference"]
     notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(model_options.device), "prompt_tokens": prompt_len}
-    report_benchmark(options, {name: m.figures for name, m in measured.items()}, notes,
-                     [f"vision ms: the vision encoder ({vision}) alone; TTFT includes it"], build_seconds)
+    report_benchmark(options, {name: m.figures for name, m in measured.items()}, notes, footnotes, build_seconds)
 
 
 if __name__ == "__main__":

@@ -36,21 +36,23 @@ def reference_logits(model, tokens: torch.Tensor, prompt_len: int) -> torch.Tens
         return model(input_ids=tokens[:, :-1], logits_to_keep=new).logits
 
 
-def forced_logits(step: Callable, tokens: torch.Tensor, prompt_len: int, cached: bool) -> list[torch.Tensor]:
+def forced_logits(step: Callable, prompt: Prompt, tokens: torch.Tensor, cached: bool) -> list[torch.Tensor]:
     """The logits [B, V] the compiled model gives for each new token of `tokens`, fed the tokens before it:
     a static-cache step (CachedModel and alike) is prefilled with the prompt and then fed one token a step;
-    a no-cache graph gets the whole prefix each time."""
-    prompt = Prompt.text(tokens[:, :prompt_len])
+    a no-cache graph gets the whole prefix each time. `prompt` is what the loops feed for tokens' first
+    T (generation/loops.py): token ids, or a VLM's embeddings with the image merged in."""
+    prompt_len = prompt.first_input.shape[1]
     logits = []  # copies: a CUDA-graph step returns the same output buffer at every replay
     with torch.no_grad():
         if cached:
-            logits.append(step(tokens[:, :prompt_len], prompt.position_ids(0, prompt_len), 0)[:, -1].clone())
+            logits.append(step(prompt.first_input, prompt.position_ids(0, prompt_len), 0)[:, -1].clone())
             for position in range(prompt_len, tokens.shape[1] - 1):
-                logits.append(step(tokens[:, position:position + 1], prompt.position_ids(position, position + 1),
-                                   position)[:, -1].clone())
+                logits.append(step(prompt.embed(tokens[:, position:position + 1]),
+                                   prompt.position_ids(position, position + 1), position)[:, -1].clone())
         else:
             for end in range(prompt_len, tokens.shape[1]):
-                logits.append(step(tokens[:, :end], prompt.position_ids(0, end))[0][:, -1].clone())
+                sequence = torch.cat([prompt.first_input, prompt.embed(tokens[:, prompt_len:end])], dim=1)
+                logits.append(step(sequence, prompt.position_ids(0, end))[0][:, -1].clone())
     return logits
 
 
@@ -68,10 +70,11 @@ def compare(actual: list[torch.Tensor], expected: torch.Tensor, tokens: torch.Te
     return ForcedComparison(float(agree.float().mean()), float(difference.max()), int(counted.sum()))
 
 
-def teacher_forced(step: Callable, model, tokens: torch.Tensor, prompt_len: int, cached: bool,
+def teacher_forced(step: Callable, prompt: Prompt, tokens: torch.Tensor, expected: torch.Tensor, cached: bool,
                    eos_token_ids: list[int]) -> ForcedComparison:
-    """The compiled `step` against the PyTorch `model`, both fed the reference's `tokens` [B, T + n]."""
+    """The compiled `step` fed the reference's `tokens` [B, T + n] (its first T as `prompt`), against the
+    PyTorch model's logits for the same tokens, `expected` [B, n, V] (reference_logits, or a VLM family's)."""
+    prompt_len = prompt.first_input.shape[1]
     if tokens.shape[1] <= prompt_len:
         return ForcedComparison(0.0, 0.0, 0)
-    return compare(forced_logits(step, tokens, prompt_len, cached), reference_logits(model, tokens, prompt_len),
-                   tokens, prompt_len, eos_token_ids)
+    return compare(forced_logits(step, prompt, tokens, cached), expected, tokens, prompt_len, eos_token_ids)

@@ -8,8 +8,8 @@ import torch
 import register_sdpa  # noqa: F401  (defines torch.ops.llm_tools.attention)
 from conftest import eager_cached, lowered_graph, prompt_ids, tiny_model
 from generation.baselines import hf_generate
-from generation.loops import StopRule
-from generation.teacher_forced import compare, teacher_forced
+from generation.loops import Prompt, StopRule
+from generation.teacher_forced import compare, reference_logits, teacher_forced
 
 PROMPT_LEN, NEW_TOKENS = 6, 12
 ATTENTION = torch.ops.llm_tools.attention.default
@@ -30,7 +30,8 @@ def forced(model, cache: str, planted: bool = False, batch_size: int = 2):
         node.args = (q, k, v, scale, causal, 1, *rest[1:])
     gm.recompile()
     step = eager_cached(gm, batch_size, tokens.shape[1], model.dtype, tokens.device) if cache else gm
-    return teacher_forced(step, model, tokens, PROMPT_LEN, bool(cache), [])
+    expected = reference_logits(model, tokens, PROMPT_LEN)
+    return teacher_forced(step, Prompt.text(tokens[:, :PROMPT_LEN]), tokens, expected, bool(cache), [])
 
 
 @pytest.mark.parametrize("cache", ["", "static_v2", "static_v3"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from errors import UsageError
 from export import export_llm
 from generation.baselines import hf_generate
 from generation.loops import Prompt, StopRule, generate_no_cache, generate_static_cache
+from generation.teacher_forced import teacher_forced
 from utils import lower
 from vlm.family import merge_image_embeddings
 from vlm.images import sample_image
@@ -54,6 +56,38 @@ def test_tokens_match_the_reference(family, cache, batch_size):
     expected = _reference(vlm, inputs)
     assert len(set(expected[0, -NEW_TOKENS:].tolist())) > 3  # the tiny model does not repeat one token
     assert torch.equal(_generate(vlm, inputs, cache), expected)
+
+
+def _forced(vlm, inputs, cache: str, planted: bool = False):
+    """teacher_forced for the lowered language model run eagerly, fed the reference's tokens after the image;
+    `planted`: a wrong mask, every attention a window of one key (each query sees only itself)."""
+    tokens = vlm.reference(inputs, NEW_TOKENS, StopRule([], 0, stop_on_eos=False))
+    ids = inputs.input_ids
+    gm = lower(export_llm(vlm.language_model(), ids.shape[0], tokens.shape[1], embeds=True,
+                          position_rows=vlm.position_rows), cache, tokens.shape[1])
+    attention = torch.ops.llm_tools.attention.default
+    for node in gm.graph.find_nodes(op="call_function", target=attention) if planted else []:
+        q, k, v, scale, causal, *rest = node.args
+        node.args = (q, k, v, scale, causal, 1, *rest[1:])
+    gm.recompile()
+    step = eager_cached(gm, ids.shape[0], tokens.shape[1], torch.float32) if cache else gm
+    with torch.no_grad():
+        prompt = vlm.prompt(inputs, vlm.image_embeddings(inputs))
+    return teacher_forced(step, prompt, tokens, vlm.reference_logits(inputs, tokens), bool(cache), [])
+
+
+@pytest.mark.parametrize("cache", ["", "static_v3"])
+@pytest.mark.parametrize("family", ["tiny-qwen2.5-vl", "tiny-eagle2"])
+def test_teacher_forced_agrees_with_the_model_and_flags_a_wrong_mask(family, cache):
+    """The model's own forward over the whole sequence (image included) is the reference's logits."""
+    vlm = tiny_vlm(family)
+    inputs = _inputs(vlm, batch_size=2)
+    correct, planted = _forced(vlm, inputs, cache), _forced(vlm, inputs, cache, planted=True)
+    print(f"\n{family} {cache or 'no cache'}: correct {correct}, planted {planted}")
+    assert correct.steps == 2 * NEW_TOKENS
+    assert correct.top1_agreement == 1.0 and correct.max_abs_logit_diff < 1e-4
+    assert planted.max_abs_logit_diff > 100 * correct.max_abs_logit_diff
+    assert planted.top1_agreement < 0.5
 
 
 def test_qwen_reference_is_hugging_face_generate():
@@ -183,3 +217,22 @@ def test_run_llm_refuses_every_family_run_vlm_runs():
     from vlm.families import FAMILIES
 
     assert set(VLM_FAMILIES) == set(FAMILIES)
+
+
+def test_run_vlm_prints_the_teacher_forced_comparison_in_both_modes(tmp_path):
+    """As a user runs it: the line before the match line after a generation, two columns and the JSON figures
+    after a benchmark."""
+    common = ["--model", "tiny-eagle2", "--compiler", "eager", "--cache", "static_v2", "--precision", "FP32",
+              "--enable_pytorch_run", "--quiet"]
+    result = _run_vlm(*common, "--num_tokens", "8")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].startswith("Teacher-forced, Eager fed PyTorch's tokens: top-1 agreement 1.000 over 8 steps")
+    assert lines[-1] == "PyTorch and Eager outputs match: True"
+    out = tmp_path / "r.json"
+    result = _run_vlm(*common, "--benchmark", "--isl", "8", "--num_tokens", "6", "--iterations", "1",
+                      "--output_json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "| top-1 forced | max logit diff |" in result.stdout
+    figures = json.loads(out.read_text())["results"]["Eager, static_v2"]
+    assert figures["forced_top1"] == 1.0 and figures["forced_max_logit_diff"] < 1e-4

@@ -203,7 +203,7 @@ def _kv_cache_update(layer, cache, update, write_indices):
     out, length = cache.copy(), update.shape[2]
     for b, start in enumerate(np.asarray(write_indices).reshape(-1)):
         if not 0 <= start <= cache.shape[2] - length:
-            raise AssertionError(f"layer {layer.name}: rows {start}..{start + length - 1} of a cache of {cache.shape[2]}")
+            raise AssertionError(f"layer {layer.name}: rows {start}..{start + length - 1} of {cache.shape[2]}")
         out[b, :, start:start + length] = update[b]
     return out
 

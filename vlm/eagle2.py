@@ -97,12 +97,19 @@ class Eagle2:
         text = Prompt.text(ids)
         return Prompt(ids, embeds, embed_tokens, text.position_ids)
 
+    def _forward(self, inputs: VisionInputs, ids: torch.Tensor) -> torch.Tensor:
+        """The model's own forward on ids [B, L] (image included): logits [B, L, V]."""
+        flags = torch.ones(inputs.pixel_values.shape[0], 1, dtype=torch.long, device=inputs.pixel_values.device)
+        return self.model(pixel_values=inputs.pixel_values, input_ids=ids, image_flags=flags).logits
+
+    def reference_logits(self, inputs: VisionInputs, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._forward(inputs, tokens[:, :-1])[:, inputs.input_ids.shape[1] - 1:]
+
     def reference(self, inputs: VisionInputs, num_tokens: int, stop: StopRule, on_first_token=None) -> torch.Tensor:
         """The model's own forward on the whole sequence (image included) at every step."""
-        flags = torch.ones(inputs.pixel_values.shape[0], 1, dtype=torch.long, device=inputs.pixel_values.device)
-
         def forward(ids, position_ids):
-            return (self.model(pixel_values=inputs.pixel_values, input_ids=ids, image_flags=flags).logits[:, -1:],)
+            return (self._forward(inputs, ids)[:, -1:],)
 
         with torch.no_grad():
             return generate_no_cache(forward, Prompt.text(inputs.input_ids), num_tokens, stop, on_first_token)

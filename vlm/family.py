@@ -73,6 +73,10 @@ class VLMFamily(Protocol):
 
     def language_model(self) -> LanguageModel: ...
 
+    def reference_logits(self, inputs: VisionInputs, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, n, V]: the model's own logits for each token of `tokens` [B, T + n] after the prompt's T
+        (image included), from one forward, for the teacher-forced comparison."""
+
     def reference(self, inputs: VisionInputs, num_tokens: int, stop: StopRule,
                   on_first_token: Callable[[], None] | None = None) -> torch.Tensor: ...
 

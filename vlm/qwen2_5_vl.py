@@ -57,6 +57,16 @@ class Qwen2_5_VL:
     def reference(self, inputs: VisionInputs, num_tokens: int, stop: StopRule, on_first_token=None) -> torch.Tensor:
         return hf_generate(self.model, inputs.input_ids, num_tokens, stop, on_first_token, **inputs.generate_kwargs)
 
+    def reference_logits(self, inputs: VisionInputs, tokens: torch.Tensor) -> torch.Tensor:
+        ids, prompt_len = tokens[:, :-1], inputs.input_ids.shape[1]
+        kwargs = dict(inputs.generate_kwargs)
+        # Generated tokens are text, whatever their ids: the prompt's image-token types, then zeros.
+        prompt_types = kwargs["mm_token_type_ids"]
+        generated = prompt_types.new_zeros(ids.shape[0], ids.shape[1] - prompt_len)
+        kwargs["mm_token_type_ids"] = torch.cat([prompt_types, generated], dim=1)
+        with torch.no_grad():
+            return self.model(input_ids=ids, logits_to_keep=tokens.shape[1] - prompt_len, **kwargs).logits
+
     def language_model(self) -> LanguageModel:
         return LanguageModel(self.model.model.language_model, self.model.lm_head, self.config.get_text_config())
 
