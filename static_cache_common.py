@@ -21,6 +21,9 @@ from register_sdpa import attention_nodes
 aten = torch.ops.aten
 KEY_CACHE, VALUE_CACHE = "key_cache_", "value_cache_"
 START_END = ("start_idx", "end_idx")
+# v1/v2 caches hold one slot past the longest sequence, so that their tail cache[:, :, end:] is never one
+# row long: torch.compile specializes sizes of 0 and 1, and would compile the step again for the last token.
+TAIL_SLOT = 1
 # join(graph, new, cache, *position inputs) -> (what attention reads, the cache to return)
 Join = Callable[..., tuple[Node, Node]]
 
@@ -39,9 +42,10 @@ def to_end(graph: Graph, cache: Node, end: Node) -> Node:
     return slice_seq(graph, cache, end, sys.maxsize)
 
 
-def add_static_cache(gm: GraphModule, max_seq_len: int, join: Join, name: str,
+def add_static_cache(gm: GraphModule, cache_len: int, join: Join, name: str,
                      position_inputs: tuple[str, ...] = START_END, positions_to_attention: bool = False) -> GraphModule:
-    """Add the caches; `positions_to_attention` hands the first position input to attention as query_positions."""
+    """Add caches of `cache_len` slots; `positions_to_attention` hands the first position input to attention as
+    query_positions."""
     nodes = attention_nodes(gm)
     if not nodes:
         raise ValueError(f"{name}: the graph has no canonical attention node; run register_sdpa first")
@@ -57,7 +61,7 @@ def add_static_cache(gm: GraphModule, max_seq_len: int, join: Join, name: str,
         if like is not None and fake_mode is not None:
             batch, heads, _, head_dim = like.shape
             with fake_mode:
-                node.meta["val"] = torch.empty(batch, heads, max_seq_len, head_dim, dtype=like.dtype,
+                node.meta["val"] = torch.empty(batch, heads, cache_len, head_dim, dtype=like.dtype,
                                                device=like.device)
         return node
 
@@ -65,7 +69,7 @@ def add_static_cache(gm: GraphModule, max_seq_len: int, join: Join, name: str,
     caches = []
     for i, attn in enumerate(nodes):
         k_new, v_new = attn.args[1], attn.args[2]
-        k_cache = last = new_input(last, f"{KEY_CACHE}{i}", k_new.meta.get("val"))  # [B, Hkv, max_seq_len, D]
+        k_cache = last = new_input(last, f"{KEY_CACHE}{i}", k_new.meta.get("val"))  # [B, Hkv, cache_len, D]
         v_cache = last = new_input(last, f"{VALUE_CACHE}{i}", v_new.meta.get("val"))
         caches.append((attn, k_cache, v_cache))
     positions = []

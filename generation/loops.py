@@ -94,12 +94,15 @@ def generate_no_cache(model: Callable, prompt: Prompt, num_tokens: int, stop: St
 
 def allocate_caches(gm: GraphModule, batch_size: int, max_seq_len: int, dtype: torch.dtype,
                     device) -> list[torch.Tensor]:
-    """Zeroed K/V caches, one per cache input of the lowered graph, shaped as that input says."""
+    """Zeroed K/V caches, one per cache input of the lowered graph, shaped as that input says; they must
+    hold max_seq_len positions (static_v1/v2's hold one more, static_cache_common.TAIL_SLOT)."""
     caches = []
     for node in cache_inputs(gm):
-        _, kv_heads, _, head_dim = node.meta["val"].shape
-        caches.append(torch.zeros(batch_size, kv_heads, max_seq_len, head_dim, dtype=dtype, device=device))
-    return caches  # each [B, Hkv, max_seq_len, D]
+        _, kv_heads, cache_len, head_dim = node.meta["val"].shape
+        if cache_len < max_seq_len:
+            raise ValueError(f"the graph's caches hold {cache_len} positions, fewer than the {max_seq_len} asked for")
+        caches.append(torch.zeros(batch_size, kv_heads, cache_len, head_dim, dtype=dtype, device=device))
+    return caches  # each [B, Hkv, cache_len, D]
 
 
 class CachedModel:

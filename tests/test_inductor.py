@@ -161,3 +161,34 @@ def test_a_v1_v2_step_compiled_for_capture_writes_its_caches_in_place(cache):
     assert torch.equal(tokens, hf_generate(model, ids, NEW_TOKENS, stop))
     assert [c.data_ptr() for c in cached.caches] == addresses
     assert any(c.abs().sum() > 0 for c in cached.caches)  # the K/V went into the caller's buffers
+
+
+def _compiles_of_a_generation(cache: str) -> int:
+    """How many graphs torch.compile made for one tiny-llama generation through --compiler inductor."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model("tiny-llama")
+    ids = prompt_ids(model, 1, PROMPT_LEN)
+    gm = lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, cache)
+    cached = CachedModel(inductor.compile_with_inductor(gm), gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype, "cpu")
+    torch._dynamo.reset()
+    counters.clear()
+    stop = StopRule([], 0, stop_on_eos=False)
+    with torch.no_grad():
+        tokens = generate_static_cache(cached, Prompt.text(ids), NEW_TOKENS, stop)
+    assert torch.equal(tokens, hf_generate(model, ids, NEW_TOKENS, stop))
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("cache", ["static_v1", "static_v2"])
+def test_a_v1_v2_generation_compiles_its_step_twice(cache):
+    """Once for the prefill (start_idx 0) and once for every decode step; the caches' spare slot keeps the
+    last token's tail from being one row long, a size torch.compile would compile the step again for."""
+    assert _compiles_of_a_generation(cache) == 2
+
+
+def test_without_the_spare_slot_the_last_token_compiles_again(monkeypatch):
+    import static_cache_v1
+
+    monkeypatch.setattr(static_cache_v1, "TAIL_SLOT", 0)
+    assert _compiles_of_a_generation("static_v1") == 3

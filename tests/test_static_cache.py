@@ -81,8 +81,9 @@ def test_cache_inputs_are_hkv_wide(family, cache):
     assert len(inputs) == 2 * config.num_hidden_layers
     kv_heads = getattr(config, "num_key_value_heads", config.num_attention_heads)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    slots = 40 + (static_cache_common.TAIL_SLOT if cache != "static_v3" else 0)  # v1/v2: one spare slot
     for node in inputs:
-        assert tuple(node.meta["val"].shape) == (3, kv_heads, 40, head_dim)
+        assert tuple(node.meta["val"].shape) == (3, kv_heads, slots, head_dim)
     if family != "tiny-gpt2":
         assert kv_heads < config.num_attention_heads  # GQA: the caches are narrower than the query heads
 
