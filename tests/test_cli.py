@@ -175,14 +175,15 @@ def test_profile_step_needs_a_gpu():
                        "needs a CUDA device")
 
 
-def test_profile_step_sets_inductor_options(monkeypatch):
+def test_profile_step_sets_inductor_options():
     import torch._inductor.config as config
 
     profile = script_module("benchmarks", "profile_step.py")
-    monkeypatch.setattr(config, "combo_kernels", False)
-    monkeypatch.setattr(config.triton, "unique_kernel_names", False)
-    profile.set_inductor_options(["combo_kernels=True", "triton.unique_kernel_names=True"])
-    assert config.combo_kernels is True and config.triton.unique_kernel_names is True
+    # config.patch restores the options; pytest's monkeypatch would delete them from inductor's config on undo
+    # (they are not in the module's __dict__), which hides them from every later compile in this process
+    with config.patch({"combo_kernels": False, "triton.unique_kernel_names": False}):
+        profile.set_inductor_options(["combo_kernels=True", "triton.unique_kernel_names=True"])
+        assert config.combo_kernels is True and config.triton.unique_kernel_names is True
     for bad, message in [("no_such_option=1", "has no option 'no_such_option'"),
                          ("combo_kernels=yes", "as a Python literal")]:
         with pytest.raises(profile.UsageError, match=message):

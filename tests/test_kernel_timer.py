@@ -141,16 +141,16 @@ def test_inductors_tuner_runs_with_the_kernel_time(monkeypatch):
     measured = []
     timer = kernel_timer.kernel_time_ms
     monkeypatch.setattr(kernel_timer, "kernel_time_ms", lambda call: measured.append(timer(call)) or measured[-1])
-    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # tune now, not from a cache
     x, w = torch.randn(1, 1237, device="cuda"), torch.randn(2311, 1237, device="cuda")  # sizes of its own
     product = torch.compile(lambda x, w: (x * w).sum(-1), options={"coordinate_descent_tuning": True})
-    with kernel_timer.tuning_timed_by_kernels():
+    # tune now, not from a cache (config.patch restores it; monkeypatch would delete the option on undo)
+    with kernel_timer.tuning_timed_by_kernels(), torch._inductor.config.patch(force_disable_caches=True):
         out = product(x, w)
     torch.testing.assert_close(out, w @ x[0], rtol=1e-4, atol=1e-3)
     assert len(measured) > 1 and all(0 < ms < 1 for ms in measured)
 
 
 @pytest.mark.gpu
-def test_a_step_tuned_by_kernel_time_matches_hugging_face(monkeypatch):
-    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
-    tuned_step_code("tiny-qwen2", DecodeTuning(tune_by_kernel_time=True))  # Hugging Face's tokens
+def test_a_step_tuned_by_kernel_time_matches_hugging_face():
+    with torch._inductor.config.patch(force_disable_caches=True):
+        tuned_step_code("tiny-qwen2", DecodeTuning(tune_by_kernel_time=True))  # Hugging Face's tokens
