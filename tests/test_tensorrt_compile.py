@@ -101,7 +101,10 @@ def test_an_fp16_static_v3_engine_writes_its_caches_in_place():
 
 
 def test_the_setup_names_the_attention_and_cache_write_of_a_tensorrt_run():
+    """The paths this TensorRT takes (feature detection), named in the setup line and the JSON."""
     import_torch_tensorrt()
+    import sdpa_converter
+    from compilers import kv_cache_update
     from options import Options, RunOptions
     from report.table import RunSetup
 
@@ -109,7 +112,8 @@ def test_the_setup_names_the_attention_and_cache_write_of_a_tensorrt_run():
         return RunSetup.of(Options(ModelOptions("tiny-llama"), CompileOptions("tensorrt", cache), RunOptions(),
                                    backend=backend))
 
-    assert (setup("static_v3").attention, setup("static_v3").cache_write) == ("attention_layer", "kv_cache_update")
+    v3 = setup("static_v3")
+    assert (v3.attention, v3.cache_write) == (sdpa_converter.LAYERS, kv_cache_update.CACHE_WRITE)
     assert setup("static_v2").cache_write == "-" and setup("static_v3", "plugin").cache_write == "-"
 
 
