@@ -53,6 +53,15 @@ def lowered_graph(model, batch_size: int, max_seq_len: int, cache: str):
     return lower(export_llm(model, batch_size, max_seq_len), cache, max_seq_len)
 
 
+def plant_self_only_mask(gm) -> None:
+    """A planted bug for the accuracy comparisons: every attention becomes a window of one key (each query
+    sees only itself)."""
+    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.llm_tools.attention.default):
+        q, k, v, scale, causal, *rest = node.args
+        node.args = (q, k, v, scale, causal, 1, *rest[1:])
+    gm.recompile()
+
+
 def prompt_ids(model, batch_size: int, length: int, seed: int = 0) -> torch.Tensor:
     """Random prompt rows (distinct per row) over the byte range, on the model's device."""
     generator = torch.Generator().manual_seed(seed)

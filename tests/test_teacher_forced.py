@@ -5,14 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import register_sdpa  # noqa: F401  (defines torch.ops.llm_tools.attention)
-from conftest import eager_cached, lowered_graph, prompt_ids, tiny_model
+from conftest import eager_cached, lowered_graph, plant_self_only_mask, prompt_ids, tiny_model
 from generation.baselines import hf_generate
 from generation.loops import Prompt, StopRule
 from generation.teacher_forced import compare, reference_logits, teacher_forced
 
 PROMPT_LEN, NEW_TOKENS = 6, 12
-ATTENTION = torch.ops.llm_tools.attention.default
 
 
 def reference_tokens(model, batch_size: int = 2) -> torch.Tensor:
@@ -25,10 +23,8 @@ def forced(model, cache: str, planted: bool = False, batch_size: int = 2):
     one key (each query sees only itself)."""
     tokens = reference_tokens(model, batch_size)
     gm = lowered_graph(model, batch_size, tokens.shape[1], cache)
-    for node in gm.graph.find_nodes(op="call_function", target=ATTENTION) if planted else []:
-        q, k, v, scale, causal, *rest = node.args
-        node.args = (q, k, v, scale, causal, 1, *rest[1:])
-    gm.recompile()
+    if planted:
+        plant_self_only_mask(gm)
     step = eager_cached(gm, batch_size, tokens.shape[1], model.dtype, tokens.device) if cache else gm
     expected = reference_logits(model, tokens, PROMPT_LEN)
     return teacher_forced(step, Prompt.text(tokens[:, :PROMPT_LEN]), tokens, expected, bool(cache), [])

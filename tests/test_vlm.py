@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, eager_cached
+from conftest import ROOT, eager_cached, plant_self_only_mask
 from errors import UsageError
 from export import export_llm
 from generation.baselines import hf_generate
@@ -65,11 +65,8 @@ def _forced(vlm, inputs, cache: str, planted: bool = False):
     ids = inputs.input_ids
     gm = lower(export_llm(vlm.language_model(), ids.shape[0], tokens.shape[1], embeds=True,
                           position_rows=vlm.position_rows), cache, tokens.shape[1])
-    attention = torch.ops.llm_tools.attention.default
-    for node in gm.graph.find_nodes(op="call_function", target=attention) if planted else []:
-        q, k, v, scale, causal, *rest = node.args
-        node.args = (q, k, v, scale, causal, 1, *rest[1:])
-    gm.recompile()
+    if planted:
+        plant_self_only_mask(gm)
     step = eager_cached(gm, ids.shape[0], tokens.shape[1], torch.float32) if cache else gm
     with torch.no_grad():
         prompt = vlm.prompt(inputs, vlm.image_embeddings(inputs))
