@@ -24,7 +24,8 @@ from compilers.engine_cache import DEFAULT_ENGINE_CACHE_DIR
 from compilers.inductor_cache import DEFAULT_INDUCTOR_CACHE_DIR, use_inductor_cache
 from errors import UsageError, activity_of, logger
 from load.presets import TINY_PRESETS
-from options import BASELINES, CACHES, COMPILER_LABELS, DTYPES, CompileOptions, ModelOptions, Options, RunOptions
+from options import (BASELINES, CACHES, CALIBRATION_DATA, COMPILER_LABELS, DTYPES, QUANT_ALGOS, QUANT_FORMATS,
+                     CompileOptions, ModelOptions, Options, QuantOptions, RunOptions)
 
 RTX_CAPABILITIES = {(8, 0), (8, 6), (8, 9)}  # and 12.0 onwards
 
@@ -86,6 +87,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
                       help="inductor (and the baselines' torch.compile): keep compiled graphs, autotuning results "
                            "and kernels here for later runs (default: $TORCHINDUCTOR_CACHE_DIR, else %(default)s)")
 
+    quant = parser.add_argument_group("quantization (NVIDIA ModelOpt)")
+    quant.add_argument("--quant_format", default=None, choices=list(QUANT_FORMATS),
+                       help="quantize the linear layers with ModelOpt; the PyTorch run stays unquantized, the reference "
+                            "for the accuracy figures")
+    quant.add_argument("--quant_algo", default="max", choices=list(QUANT_ALGOS),
+                       help="calibration algorithm; smoothquant is for int8 weights and activations")
+    quant.add_argument("--weight_only", action="store_true",
+                       help="quantize the weights only; activations stay in --precision")
+    quant.add_argument("--calib_data", default="random", choices=list(CALIBRATION_DATA),
+                       help="what calibration runs on: random tokens, or a short text built into the toolkit")
+
     bench = parser.add_argument_group("benchmarking")
     bench.add_argument("--benchmark", action="store_true", help="time random inputs, not --prompt")
     bench.add_argument("--iterations", type=int, default=5, help="timed benchmark iterations (after one warm-up)")
@@ -130,7 +142,47 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
     run = RunOptions(args.prompt, args.num_tokens, args.batch_size, args.benchmark, args.iterations, args.isl,
                      args.enable_pytorch_run, tuple(baselines), args.output_json)
     return Options(model, compile_options, run, backend=getattr(args, "backend", "sdpa"),
-                   plugin_path=getattr(args, "plugin_path", None), image_path=getattr(args, "image_path", None))
+                   plugin_path=getattr(args, "plugin_path", None), image_path=getattr(args, "image_path", None),
+                   quant=quant_options_of(args, device))
+
+
+def quant_options_of(args: argparse.Namespace, device: str) -> QuantOptions:
+    """The quantization flags, checked before any weight loads."""
+    quant = QuantOptions(args.quant_format, args.quant_algo, args.weight_only, args.calib_data)
+    if quant.format is None:
+        given = [flag for flag, value in (("--quant_algo", quant.algo != "max"), ("--weight_only", quant.weight_only),
+                                          ("--calib_data", quant.calib_data != "random")) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --quant_format; "
+                              "add --quant_format int8 or fp8")
+        return quant
+    if quant.algo == "smoothquant" and quant.weight_only:
+        raise UsageError("--quant_algo smoothquant quantizes activations, and --weight_only does not; "
+                         "drop one of them")
+    if quant.algo == "smoothquant" and quant.format != "int8":
+        raise UsageError(f"--quant_algo smoothquant is for --quant_format int8, not {quant.format}; use --quant_algo max")
+    if getattr(args, "backend", "sdpa") == "plugin":
+        raise UsageError("--quant_format is not available with --backend plugin (its attention layers take "
+                         "unquantized projections); use --backend sdpa")
+    if quant.format == "nvfp4":
+        check_nvfp4_runs_here(device)
+    if importlib.util.find_spec("modelopt") is None:
+        raise UsageError("--quant_format needs NVIDIA ModelOpt, which is not installed; "
+                         "pip install nvidia-modelopt==0.47.0 requests")
+    return quant
+
+
+def check_nvfp4_runs_here(device: str) -> None:
+    """NVFP4's matrix products need compute capability 10.0 (Blackwell) or newer."""
+    if not device.startswith("cuda"):
+        raise UsageError("--quant_format nvfp4 needs an NVIDIA GPU of compute capability 10.0 or newer (Blackwell), "
+                         "and none is visible here; use --quant_format fp8 or int8")
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 10:
+        raise UsageError(f"--quant_format nvfp4 needs compute capability 10.0 or newer (Blackwell); this GPU is "
+                         f"{major}.{minor}; use --quant_format fp8 or int8")
+    raise UsageError("--quant_format nvfp4: running NVFP4 models is not supported by this toolkit yet; "
+                     "use --quant_format fp8 or int8")
 
 
 def cuda_graphs_of(args: argparse.Namespace, on_gpu: bool) -> bool:

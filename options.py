@@ -56,6 +56,25 @@ class CompileOptions:
         return COMPILER_LABELS[self.compiler]
 
 
+QUANT_FORMATS = ("int8", "fp8", "nvfp4")
+QUANT_ALGOS = ("max", "smoothquant")
+CALIBRATION_DATA = ("random", "text")
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """--quant_format and its companions (quantize/): None for an unquantized run."""
+
+    format: str | None = None  # one of QUANT_FORMATS
+    algo: str = "max"  # one of QUANT_ALGOS
+    weight_only: bool = False
+    calib_data: str = "random"  # one of CALIBRATION_DATA
+
+    def describe(self) -> str:
+        what = "weight-only" if self.weight_only else "weights and activations"
+        return f"{self.format} {what}, {self.algo} calibration"
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What is generated or timed, and what it is compared with (generate and report stages)."""
@@ -81,3 +100,4 @@ class Options:
     backend: str = "sdpa"  # run_llm.py: sdpa or plugin
     plugin_path: str | None = None  # --backend plugin: the library, before the environment and the default
     image_path: str | None = None  # run_vlm.py: None for a sample image
+    quant: QuantOptions = field(default_factory=QuantOptions)

@@ -26,7 +26,7 @@ from errors import doing, logger, stage
 from export import export_llm
 from generation.baselines import HFCompiledStep, hf_forward_no_cache, hf_generate
 from generation.loops import Prompt, StopRule, generate_no_cache, generate_static_cache
-from generation.teacher_forced import reference_logits, teacher_forced
+from generation.teacher_forced import forced_footnote, reference_logits, teacher_forced
 from load.models import check_llm_family, check_positions, load_config, load_model
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
 from options import BASELINES, Options
@@ -98,12 +98,19 @@ def main(options: Options) -> None:
     max_seq_len = input_ids.shape[1] + run.num_tokens
     with stage("loading the model"):
         model = load_model(model_options, config)
+    compiled_model = model  # what is exported and compiled; `model` stays the PyTorch reference
+    if options.quant.format:
+        from quantize.modelopt_quantize import quantize_model
+
+        with stage("quantizing the model with ModelOpt"):
+            compiled_model = quantize_model(model, options.quant, max_seq_len, tokenizer)
     eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
     label = compile_options.label + ("-Plugin" if plugin else "")
+    quantized = f", {options.quant.describe().split(',')[0]}" if options.quant.format else ""
 
     start = time.perf_counter()
     with stage(f"exporting and compiling the model ({label})"):
-        compiled, cached, plugin_caches = build(model, options, max_seq_len)
+        compiled, cached, plugin_caches = build(compiled_model, options, max_seq_len)
     build_seconds = time.perf_counter() - start
 
     def stop_rule() -> StopRule:
@@ -168,21 +175,20 @@ def main(options: Options) -> None:
         for baseline in run.baselines:
             with stage(f"benchmarking the {baseline} baseline"):
                 measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
-    compiled_row = label if plugin else f"{label}, {compile_options.cache or 'no cache'}"
+    compiled_row = label if plugin else f"{label}, {compile_options.cache or 'no cache'}{quantized}"
     compiled_row += ", CUDA graphs" if compile_options.cudagraph else ""
     with stage(f"benchmarking {compiled_row}"):
-        measured[compiled_row] = measure(run_compiled, build_s=build_seconds)
+        measured[compiled_row] = measure(run_compiled, build_s=build_seconds, decode_bytes=decode_bytes_per_step(
+            compiled_model, run.batch_size, run.isl, run.num_tokens))  # quantized weights read fewer bytes
     footnotes = []
     if run.enable_pytorch_run:
         reference = next(iter(measured.values())).tokens
         for other in list(measured.values())[1:]:
             other.figures["token_agreement"] = token_agreement(reference, other.tokens, run.isl)
         forced = compare_forced(reference)
-        measured[compiled_row].figures.update(forced_top1=forced.top1_agreement,
-                                              forced_max_logit_diff=forced.max_abs_logit_diff)
+        measured[compiled_row].figures.update(forced.figures())
         footnotes.append(f"tokens = ref: share of new tokens equal to the first row's ({run.baselines[0]})")
-        footnotes.append("top-1 forced, max logit diff: the compiled model and PyTorch fed the first row's tokens: "
-                         "share of steps whose top token agrees, largest logit difference")
+        footnotes.append(forced_footnote("the first row's"))
     notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(model_options.device),
              "decode_bytes_per_step_gb": decode_bytes / 1e9}
     report_benchmark(options, {name: row.figures for name, row in measured.items()}, notes, footnotes, build_seconds)

@@ -23,7 +23,7 @@ from cli import add_common_arguments, new_parser, options_from_args, run_main
 from errors import UsageError, doing, stage
 from export import export_llm
 from generation.loops import StopRule, generate_no_cache, generate_static_cache
-from generation.teacher_forced import teacher_forced
+from generation.teacher_forced import forced_footnote, teacher_forced
 from load.models import check_positions, load_config
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
 from options import Options
@@ -89,10 +89,17 @@ def main(options: Options) -> None:
     eos, pad = eos_token_ids(tokenizer, text_config), pad_token_id(tokenizer, text_config)
     label = compile_options.label
 
+    language_model = vlm.language_model()
+    if options.quant.format:
+        from quantize.modelopt_quantize import quantize_model
+
+        with stage("quantizing the language model with ModelOpt"):
+            language_model = quantize_model(language_model, options.quant, max_seq_len, tokenizer,
+                                            lambda lm, ids: lm.text_model(input_ids=ids, use_cache=False))
+
     start = time.perf_counter()
     with stage(f"exporting and compiling the model ({label})"):
         vlm.compile_vision(compile_options, model_options, run.batch_size)
-        language_model = vlm.language_model()
         lowered = lower(export_llm(language_model, run.batch_size, max_seq_len, embeds=True,
                                    position_rows=vlm.position_rows), compile_options.cache, max_seq_len)
         compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
@@ -146,7 +153,9 @@ def main(options: Options) -> None:
     if run.enable_pytorch_run:
         with stage("benchmarking the PyTorch reference"):
             measured[reference_row] = measure(run_pytorch)
-    row = f"{label}, {compile_options.cache or 'no cache'}" + (", CUDA graphs" if compile_options.cudagraph else "")
+    quantized = f", {options.quant.describe().split(',')[0]}" if options.quant.format else ""
+    row = f"{label}, {compile_options.cache or 'no cache'}{quantized}" + (", CUDA graphs" if compile_options.cudagraph
+                                                                         else "")
     with stage(f"benchmarking {row}"):
         measured[row] = measure(run_compiled, build_s=build_seconds)
     measured[row].figures["vision_encoder_ms"] = summarize(vision_ms[-run.iterations:])
@@ -156,10 +165,8 @@ def main(options: Options) -> None:
         reference = measured[reference_row].tokens
         forced = compare_forced(reference)
         measured[row].figures.update(token_agreement=token_agreement(reference, measured[row].tokens, prompt_len),
-                                     forced_top1=forced.top1_agreement, forced_max_logit_diff=forced.max_abs_logit_diff)
-        footnotes += ["tokens = ref: share of new tokens equal to the PyTorch row's",
-                      "top-1 forced, max logit diff: the compiled model and PyTorch fed the PyTorch row's tokens: "
-                      "share of steps whose top token agrees, largest logit difference"]
+                                     **forced.figures())
+        footnotes += ["tokens = ref: share of new tokens equal to the PyTorch row's", forced_footnote("the PyTorch row's")]
     notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(model_options.device), "prompt_tokens": prompt_len}
     report_benchmark(options, {name: m.figures for name, m in measured.items()}, notes, footnotes, build_seconds)
 

@@ -28,6 +28,7 @@ from torch.fx import GraphModule
 from compilers.decode_tuning import Attention, DecodeTuning, choose_attention
 from compilers.in_place_step import InPlaceCacheStep
 from compilers.kernel_timer import tuned_by_kernel_time
+from quantize.quantized_linear import QUANTIZED_LINEAR, dequantized_weight, fake_quantize
 from register_sdpa import as_sdpa_output_layout, attention_nodes, attention_reference, causal_mask
 from static_cache_common import cache_inputs
 from static_cache_v3 import takes_cache_position
@@ -98,6 +99,30 @@ def write_out_one_row_products(gm: GraphModule) -> GraphModule:
     return gm
 
 
+def quantized_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                                  input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """The canonical quantized linear as plain ops, the weight read at one byte: a one-row product is written
+    out as sums of products over the quantized weight (its per-channel scale applied to the sums), which
+    inductor fuses into one kernel; longer inputs multiply by the dequantized weight."""
+    if input_scale is not None:
+        x = fake_quantize(x, input_scale, weight.dtype)
+    rows = x.reshape(-1, x.shape[-1])
+    if _one_row_on_gpu(rows):
+        out = (rows.float().unsqueeze(1) * weight.float().unsqueeze(0)).sum(-1) * weight_scale.float()
+        out = (out if bias is None else out + bias.float()).to(x.dtype)
+    else:
+        weight = dequantized_weight(weight, weight_scale, x.dtype)
+        out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def open_quantized_linears(gm: GraphModule) -> GraphModule:
+    for node in gm.graph.find_nodes(op="call_function", target=QUANTIZED_LINEAR):
+        node.target = quantized_linear_for_inductor
+    gm.recompile()
+    return gm
+
+
 def open_attention(gm: GraphModule, implementation: Callable) -> GraphModule:
     """Call the canonical node's plain PyTorch form directly, so that the compiler sees its ops."""
     for node in attention_nodes(gm):
@@ -134,6 +159,16 @@ def small_decode_options() -> dict:
     return options
 
 
+def decode_tuned_only(prefill: Callable, decode: Callable) -> Callable:
+    """One-token steps go to the tuned compile, longer ones (prefill, chunks) to the plain one: tuning pays
+    only in the step that runs at every token, and tuning the prefill graph too doubled the compile time."""
+
+    def step(input_ids, *rest):
+        return (decode if input_ids.shape[1] == 1 else prefill)(input_ids, *rest)
+
+    return step
+
+
 def compile_with_inductor(gm: GraphModule, cudagraph: bool = False, tuning: DecodeTuning = DecodeTuning()) -> Callable:
     """torch.compile of the lowered graph. With `cudagraph` a v1/v2 step writes its caches in place, for
     CachedModel to capture, and a graph without a cache gets inductor's CUDA graphs."""
@@ -141,13 +176,14 @@ def compile_with_inductor(gm: GraphModule, cudagraph: bool = False, tuning: Deco
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     in_place = takes_cache_position(gm)
     tuned = in_place and tuned_for_small_decode(gm, tuning)
-    gm = open_attention(gm, attention_for_inductor(tuning, tuned))
+    gm = open_quantized_linears(open_attention(gm, attention_for_inductor(tuning, tuned)))
     if in_place:
-        options = None
-        if tuned:
-            gm, options = write_out_one_row_products(gm), small_decode_options()
-        step = torch.compile(InPlaceCacheStep(gm), dynamic=False, options=options)
-        return tuned_by_kernel_time(step) if tuned and tuning.tune_by_kernel_time else step
+        step = torch.compile(InPlaceCacheStep(gm), dynamic=False)
+        if not tuned:
+            return step
+        decode = torch.compile(InPlaceCacheStep(write_out_one_row_products(gm)), dynamic=False,
+                               options=small_decode_options())
+        return decode_tuned_only(step, tuned_by_kernel_time(decode) if tuning.tune_by_kernel_time else decode)
     if cudagraph and cache_inputs(gm):
         return torch.compile(InPlaceCacheStep(gm, position_count=2), dynamic=True)
     return torch.compile(gm, dynamic=True, mode="reduce-overhead" if cudagraph else None)

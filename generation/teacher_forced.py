@@ -2,7 +2,8 @@
 
 Free-running generations part at the first near tie and then compare different texts; fed the same
 tokens, every step compares the two models' logits for the same context. Reported: the share of steps
-whose top-1 token agrees, and the largest absolute logit difference.
+whose top-1 token agrees, the largest absolute logit difference, and the relative logit error (the norm
+of the difference over the norm of the reference's logits; the figure quantized models are judged by).
 """
 
 from __future__ import annotations
@@ -20,13 +21,26 @@ class ForcedComparison:
     top1_agreement: float  # share of (row, step) pairs whose argmax agrees
     max_abs_logit_diff: float
     steps: int  # compared (row, step) pairs
+    relative_logit_error: float = 0.0  # ||actual - expected|| / ||expected|| over the compared steps
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def figures(self) -> dict:
+        """The benchmark table's columns (report/table.py)."""
+        return {"forced_top1": self.top1_agreement, "forced_max_logit_diff": self.max_abs_logit_diff,
+                "forced_relative_logit_error": self.relative_logit_error}
+
     def line(self, label: str) -> str:
         return (f"Teacher-forced, {label} fed PyTorch's tokens: top-1 agreement {self.top1_agreement:.3f} over "
-                f"{self.steps} steps, largest logit difference {self.max_abs_logit_diff:.2e}")
+                f"{self.steps} steps, largest logit difference {self.max_abs_logit_diff:.2e}, relative logit error "
+                f"{self.relative_logit_error:.2e}")
+
+
+def forced_footnote(reference: str) -> str:
+    return (f"top-1 forced, max logit diff, rel logit err: the compiled model and PyTorch fed {reference} tokens: "
+            "share of steps whose top token agrees, largest logit difference, norm of the logits' difference / "
+            "norm of PyTorch's logits")
 
 
 def reference_logits(model, tokens: torch.Tensor, prompt_len: int) -> torch.Tensor:
@@ -66,8 +80,10 @@ def compare(actual: list[torch.Tensor], expected: torch.Tensor, tokens: torch.Te
         new, dtype=torch.bool)
     counted = torch.cumsum(ended.int(), dim=1) - ended.int() == 0  # no EOS before this step
     agree = (actual.argmax(-1) == expected.argmax(-1))[counted]
-    difference = (actual - expected).abs().amax(-1)[counted]
-    return ForcedComparison(float(agree.float().mean()), float(difference.max()), int(counted.sum()))
+    difference = (actual - expected)[counted]
+    relative = difference.norm() / expected[counted].norm()
+    return ForcedComparison(float(agree.float().mean()), float(difference.abs().max()), int(counted.sum()),
+                            float(relative))
 
 
 def teacher_forced(step: Callable, prompt: Prompt, tokens: torch.Tensor, expected: torch.Tensor, cached: bool,

@@ -35,6 +35,7 @@ class RunSetup:
     attention: str  # what the attention runs as: sdpa, plugin, or the TensorRT layers it converts to
     cache_write: str  # how a TensorRT static_v3 engine writes its caches: kv_cache_update or scatter; else "-"
     cuda_graphs: bool  # whether the compiled model ran through CUDA graphs (cli.cuda_graphs_of: on or by default)
+    quantization: str  # "none", or the format and calibration (options.QuantOptions.describe)
 
     @classmethod
     def of(cls, options: Options) -> "RunSetup":
@@ -42,7 +43,8 @@ class RunSetup:
         device = torch.cuda.get_device_name() if model.on_gpu else "cpu"
         return cls(model.name, model.precision, run.batch_size, run.isl, run.num_tokens,
                    options.compile.compiler, options.compile.cache or "none", device, attention_of(options),
-                   cache_write_of(options), options.compile.cudagraph)
+                   cache_write_of(options), options.compile.cudagraph,
+                   options.quant.describe() if options.quant.format else "none")
 
 
 def attention_of(options: Options) -> str:
@@ -103,6 +105,7 @@ COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tp
            ("e2e_latency_ms", "E2E ms"), ("e2e_tokens_per_s", "E2E tok/s"), ("decode_bandwidth_tb_s", "decode TB/s"),
            ("peak_memory_gb", "peak GB"), ("compile_s", "compile s"), ("token_agreement", "tokens = ref"),
            ("forced_top1", "top-1 forced"), ("forced_max_logit_diff", "max logit diff"),
+           ("forced_relative_logit_error", "rel logit err"),
            ("vision_encoder_ms", "vision ms")]
 
 

@@ -192,3 +192,13 @@ def test_without_the_spare_slot_the_last_token_compiles_again(monkeypatch):
 
     monkeypatch.setattr(static_cache_v1, "TAIL_SLOT", 0)
     assert _compiles_of_a_generation("static_v1") == 3
+
+
+def test_only_one_token_steps_go_to_the_tuned_compile():
+    """The decode tuning is compiled for one-token steps only; a prefill or a chunk goes to the plain compile."""
+    calls = []
+    step = inductor.decode_tuned_only(lambda ids, *rest: calls.append("plain"),
+                                      lambda ids, *rest: calls.append("tuned"))
+    for length in (10, 1, 3, 1):
+        step(torch.zeros(1, length, dtype=torch.long), "positions", "caches")
+    assert calls == ["plain", "tuned", "plain", "tuned"]

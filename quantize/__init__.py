@@ -1,0 +1,1 @@
+"""Quantized models: ModelOpt's quantization turned into one quantized-linear form that every compiler takes."""

@@ -1,0 +1,96 @@
+"""The one quantized-linear form of the lowered graph: `llm_tools::quantized_linear`.
+
+    quantized_linear(x, weight, weight_scale, input_scale, bias) = fq(x) @ (weight * weight_scale).T + bias
+
+- `weight` [N, K] is stored quantized: int8, or float8_e4m3fn.
+- `weight_scale` is float32, [N] (one per output channel, INT8) or [] (one per tensor, FP8).
+- `input_scale` is None for weight-only formats; else a float32 [] scale, and fq(x) quantizes x to the
+  weight's type with it and dequantizes it again (INT8 SmoothQuant, FP8): what the matrix product of
+  two quantized operands computes.
+- SmoothQuant's per-channel input factor is a multiplication before the op, not part of it.
+
+The names and semantics are those of ModelOpt's exported checkpoints (`weight`, `weight_scale`,
+`input_scale`, `pre_quant_scale`), so a pre-quantized checkpoint and a model quantized in this run
+lower to the same nodes. Eager runs the op's PyTorch implementation below; inductor gets the same
+computation as plain ops it can fuse (compilers/inductor.py); TensorRT converts it to quantize and
+dequantize layers around real INT8/FP8 weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+INT8_RANGE = (-128, 127)
+FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, quantized_dtype: torch.dtype) -> torch.Tensor:
+    """x quantized to `quantized_dtype` with `scale` and dequantized again, in x's dtype."""
+    scaled = x.float() / scale
+    if quantized_dtype == torch.int8:
+        quantized = scaled.round().clamp(*INT8_RANGE)
+    else:
+        quantized = scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+    return (quantized * scale).to(x.dtype)
+
+
+def dequantized_weight(weight: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    scale = weight_scale.reshape(-1, 1) if weight_scale.dim() else weight_scale
+    return (weight.float() * scale).to(dtype)
+
+
+def quantized_linear_reference(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                               input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """What the op computes, in plain PyTorch ops."""
+    if input_scale is not None:
+        x = fake_quantize(x, input_scale, weight.dtype)
+    return torch.nn.functional.linear(x, dequantized_weight(weight, weight_scale, x.dtype), bias)
+
+
+@torch.library.custom_op("llm_tools::quantized_linear", mutates_args=())
+def quantized_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                     input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    return quantized_linear_reference(x, weight, weight_scale, input_scale, bias)
+
+
+@quantized_linear.register_fake
+def _(x, weight, weight_scale, input_scale, bias):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+QUANTIZED_LINEAR = torch.ops.llm_tools.quantized_linear.default
+
+
+class QuantizedLinear(torch.nn.Module):
+    """A linear layer in the canonical form: what every quantized nn.Linear of the model becomes before export."""
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None, pre_quant_scale: torch.Tensor | None = None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)  # a parameter: weight counts see its bytes
+        self.register_buffer("weight_scale", weight_scale.float())
+        self.register_buffer("input_scale", None if input_scale is None else input_scale.float())
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        self.register_buffer("pre_quant_scale", pre_quant_scale)
+
+    @property
+    def format(self) -> str:
+        return format_of(self.weight.dtype, self.input_scale is None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre_quant_scale is not None:
+            x = x * self.pre_quant_scale.to(x.dtype)
+        return quantized_linear(x, self.weight, self.weight_scale, self.input_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}"
+
+
+def format_of(weight_dtype: torch.dtype, weight_only: bool) -> str:
+    name = {torch.int8: "int8", torch.float8_e4m3fn: "fp8"}[weight_dtype]
+    return f"{name} weight-only" if weight_only else f"{name} weights and activations"
+
+
+def quantized_linears(model: torch.nn.Module) -> list[QuantizedLinear]:
+    return [module for module in model.modules() if isinstance(module, QuantizedLinear)]

@@ -1,0 +1,131 @@
+"""Quantization through ModelOpt (quantize/): the canonical quantized linears against ModelOpt's own fake-quantized
+model, the error against the unquantized model per format, a planted wrong scale, and the run as a user runs it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import lowered_graph, tiny_model
+from options import QuantOptions
+from quantize.calibration import random_batches, text_batches
+from quantize.quantized_linear import QUANTIZED_LINEAR, quantized_linears
+
+pytest.importorskip("modelopt")
+
+from quantize import modelopt_quantize  # noqa: E402
+
+FORMATS = {  # the flags, and the largest relative logit error against the unquantized tiny model
+    "int8-weight-only": (QuantOptions("int8", weight_only=True), 0.02),
+    "fp8-weight-only": (QuantOptions("fp8", weight_only=True), 0.06),
+    "int8-smoothquant": (QuantOptions("int8", "smoothquant"), 0.04),
+    "int8": (QuantOptions("int8"), 0.04),
+    "fp8": (QuantOptions("fp8"), 0.08),
+}
+FAMILIES = ["tiny-llama", "tiny-qwen3"]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((actual.float() - expected.float()).norm() / expected.float().norm())
+
+
+def quantized_pair(family: str, quant: QuantOptions):
+    """(ModelOpt's calibrated model, the same quantization in the canonical form, the unquantized model)."""
+    model = tiny_model(family)
+    batches = random_batches(model.config.vocab_size, 32, "cpu")
+    calibrated = modelopt_quantize.calibrated_with_modelopt(model, quant, batches)
+    _, quant_utils = modelopt_quantize._modelopt()
+    canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated, quant_utils))
+    return calibrated, canonical, model
+
+
+def ids_for(model) -> torch.Tensor:
+    return torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_the_lowered_quantized_graph_computes_what_modelopt_computes(family, fmt):
+    """The lowered static_v3 graph of the canonical model (weights stored at one byte) gives the logits of
+    ModelOpt's fake-quantized model, the independent reference; and it stays within the format's error of
+    the unquantized model."""
+    quant, bound = FORMATS[fmt]
+    calibrated, canonical, model = quantized_pair(family, quant)
+    ids = ids_for(model)
+    with torch.no_grad():
+        expected = calibrated(input_ids=ids).logits[:, -1]
+        unquantized = model(input_ids=ids).logits[:, -1]
+        gm = lowered_graph(canonical, 2, 32, "")
+        nodes = gm.graph.find_nodes(op="call_function", target=QUANTIZED_LINEAR)
+        weights = {gm.get_parameter(node.args[1].target).dtype for node in nodes}
+        actual = gm(ids, torch.arange(24).expand(2, -1))[0][:, -1]
+    assert len(nodes) == len(quantized_linears(canonical)) > 0
+    assert weights == {torch.int8 if fmt.startswith("int8") else torch.float8_e4m3fn}
+    assert relative_error(actual, expected) < 1e-5
+    print(f"{family} {fmt}: relative logit error {relative_error(actual, unquantized):.1e} (bound {bound})")
+    assert relative_error(actual, unquantized) < bound
+
+
+@pytest.mark.parametrize("fmt", ["int8-weight-only", "fp8"])
+def test_a_wrong_scale_is_caught(fmt):
+    """One weight scale doubled in one layer: the comparison with ModelOpt's model fails."""
+    calibrated, canonical, model = quantized_pair("tiny-llama", FORMATS[fmt][0])
+    quantized_linears(canonical)[3].weight_scale.mul_(2)
+    ids = ids_for(model)
+    with torch.no_grad():
+        error = relative_error(canonical(input_ids=ids).logits, calibrated(input_ids=ids).logits)
+    assert error > 1e-2
+
+
+def test_inductor_compiles_the_quantized_graph_to_the_same_logits():
+    from compilers.inductor import compile_with_inductor
+
+    _, canonical, model = quantized_pair("tiny-llama", FORMATS["int8-smoothquant"][0])
+    ids, positions = ids_for(model), torch.arange(24).expand(2, -1)
+    gm = lowered_graph(canonical, 2, 32, "")
+    with torch.no_grad():
+        expected = gm(ids, positions)[0]
+        actual = compile_with_inductor(lowered_graph(canonical, 2, 32, ""))(ids, positions)[0]
+    assert relative_error(actual, expected) < 1e-4
+
+
+def test_a_weight_only_model_keeps_one_byte_weights_and_its_other_weights():
+    _, canonical, model = quantized_pair("tiny-llama", FORMATS["int8-weight-only"][0])
+    linears = quantized_linears(canonical)
+    assert len(linears) == 7 * model.config.num_hidden_layers  # q, k, v, o, gate, up, down; lm_head stays
+    assert all(linear.weight.dtype == torch.int8 and linear.input_scale is None for linear in linears)
+    assert canonical.lm_head.weight.dtype == model.lm_head.weight.dtype
+    assert torch.equal(canonical.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    assert not quantized_linears(model)  # the reference stays unquantized
+
+
+def test_calibration_text_is_cut_into_full_rows():
+    from load.tokenizer import ByteTokenizer
+
+    data = text_batches(ByteTokenizer(None, None, None), 64, "cpu")
+    assert all(ids.shape[1] == 64 for ids in data.ids) and sum(ids.shape[0] for ids in data.ids) >= 16
+    assert "built-in calibration text" in data.description
+
+
+def test_a_quantized_run_reports_its_accuracy_against_the_unquantized_model(tmp_path):
+    """As a user runs it: generation prints the teacher-forced figures, the benchmark's JSON holds them and names
+    the quantization; both compare with the unquantized PyTorch model of the same run."""
+    import json
+
+    from test_cli import run_llm
+
+    flags = ["--model", "tiny-llama", "--compiler", "eager", "--cache", "static_v3", "--precision", "FP32",
+             "--quant_format", "int8", "--weight_only", "--enable_pytorch_run"]
+    generated = run_llm(*flags, "--num_tokens", "8")
+    assert generated.returncode == 0, generated.stderr
+    assert "calibrated on 16 sequences of" in generated.stderr
+    forced = generated.stdout.splitlines()[-2]
+    assert forced.startswith("Teacher-forced, Eager fed PyTorch's tokens:") and "relative logit error" in forced
+    out = tmp_path / "r.json"
+    timed = run_llm(*flags, "--num_tokens", "4", "--benchmark", "--isl", "8", "--iterations", "1",
+                    "--output_json", str(out))
+    assert timed.returncode == 0, timed.stderr
+    report = json.loads(out.read_text())
+    assert report["setup"]["quantization"] == "int8 weight-only, max calibration"
+    row = report["results"]["Eager, static_v3, int8 weight-only"]
+    assert 0 < row["forced_relative_logit_error"] < 0.05 and row["forced_top1"] > 0.5
