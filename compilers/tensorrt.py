@@ -125,6 +125,7 @@ def tensorrt_program(gm: GraphModule, max_seq_len: int, device) -> tuple:
     import torch_tensorrt
 
     from compilers import kv_cache_update  # registers the cache write's converter
+    from compilers import quantized_linear_converter  # noqa: F401  (registers the quantized linear's converter)
 
     gm = prepare_for_tensorrt(gm, kv_cache_update.CACHE_WRITE)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)

@@ -104,6 +104,14 @@ def network_of_engine(engine_module):
     return _NETWORKS[_digest(engine_module.serialized_engine)].ctx.net
 
 
+def fp8_constants_of_engine(engine_module) -> dict[str, np.ndarray]:
+    """The FP8 weights the engine's network was given, by constant layer name: Torch-TensorRT records every
+    constant's tensor as `<layer name> CONSTANT` (numpy cannot read FP8 weights back from the network)."""
+    recorded = _NETWORKS[_digest(engine_module.serialized_engine)].ctx.weight_refit_map
+    return {name.removesuffix(" CONSTANT"): tensor.float().numpy() for name, tensor in recorded.items()
+            if tensor.dtype == torch.float8_e4m3fn}
+
+
 def _evaluated_forward(self, *inputs):
     """TorchTensorRTModule.forward with the engine's network evaluated in numpy instead of executed:
     the same inputs in binding order (ints become shape-tensor values), the outputs in binding order.
@@ -117,7 +125,7 @@ def _evaluated_forward(self, *inputs):
     bound = dict(zip(self.input_binding_names, inputs))
     feeds = {name: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
              for name, value in bound.items()}
-    values = evaluate(network_of_engine(self), feeds)
+    values = evaluate(network_of_engine(self), feeds, fp8_constants_of_engine(self))
     for output_name, (input_name, _) in self.aliased_io.items():
         bound[input_name].copy_(torch.from_numpy(values[output_name]))
     names = self.output_binding_names[:user_output_count(self.output_binding_names, self.aliased_io)]

@@ -18,6 +18,8 @@ _DTYPES = {trt.float32: np.float32, trt.float16: np.float16, trt.int32: np.int32
            trt.bool: np.bool_, trt.int8: np.int8, trt.uint8: np.uint8}
 if hasattr(trt, "bfloat16"):
     _DTYPES[trt.bfloat16] = np.float32  # numpy has no bfloat16: evaluated in float32
+_DTYPES[trt.fp8] = np.float32  # numpy has no FP8: its values, exactly, in float32
+INT8_RANGE, FP8_MAX = (-128, 127), 448.0
 
 
 def _int_div(a, b):
@@ -93,6 +95,7 @@ _CLASSES = {
     trt.LayerType.ACTIVATION: trt.IActivationLayer, trt.LayerType.SCATTER: trt.IScatterLayer,
     trt.LayerType.UNSQUEEZE: trt.IUnsqueezeLayer, trt.LayerType.SQUEEZE: trt.ISqueezeLayer,
     trt.LayerType.NORMALIZATION: trt.INormalizationLayer, trt.LayerType.IDENTITY: trt.IIdentityLayer,
+    trt.LayerType.QUANTIZE: trt.IQuantizeLayer, trt.LayerType.DEQUANTIZE: trt.IDequantizeLayer,
 }
 if hasattr(trt, "IKVCacheUpdateLayer"):
     _CLASSES[trt.LayerType.KV_CACHE_UPDATE] = trt.IKVCacheUpdateLayer
@@ -264,13 +267,52 @@ def _new_axes(axes, ndim):
     return sorted(int(a) + ndim if int(a) < 0 else int(a) for a in np.asarray(axes).reshape(-1))
 
 
-def _evaluate_layer(layer, kind, args):
+def _per_axis(layer, scale, ndim):
+    """A quantize layer's scale: one value, or one per index of the layer's axis."""
+    scale = np.asarray(scale, dtype=np.float32)
+    if scale.size == 1:
+        return scale.reshape(())
+    shape = [1] * ndim
+    shape[layer.axis] = scale.size
+    return scale.reshape(shape)
+
+
+def _quantize(layer, x, scale):
+    """TensorRT's quantize: x / scale rounded half to even and saturated (INT8), or cast to FP8 (saturated)."""
+    scaled = x.astype(np.float32) / _per_axis(layer, scale, x.ndim)
+    if layer.to_type == trt.int8:
+        return np.clip(np.rint(scaled), *INT8_RANGE).astype(np.int8)
+    if layer.to_type == trt.fp8:
+        import torch
+
+        return torch.from_numpy(np.clip(scaled, -FP8_MAX, FP8_MAX)).to(torch.float8_e4m3fn).float().numpy()
+    raise NotImplementedError(f"quantize to {layer.to_type}")
+
+
+def _dequantize(layer, q, scale):
+    return (q.astype(np.float32) * _per_axis(layer, scale, q.ndim)).astype(_DTYPES[layer.to_type])
+
+
+def _constant(layer, constants):
+    """A constant layer's value; numpy cannot read FP8 weights, which `constants` gives by layer name."""
+    if layer.weights.dtype == trt.fp8:
+        if layer.name not in constants:
+            raise KeyError(f"FP8 constant {layer.name}: give its value in `constants`")
+        return np.asarray(constants[layer.name], dtype=np.float32).reshape(tuple(layer.shape))
+    return np.asarray(layer.weights).reshape(tuple(layer.shape))
+
+
+def _evaluate_layer(layer, kind, args, constants):
     if kind == trt.LayerType.SHUFFLE:
         return _shuffle(layer, args[0], args[1] if len(args) > 1 else None)
     if kind == trt.LayerType.MATRIX_MULTIPLY:
         return _matmul(layer, *args)
     if kind == trt.LayerType.CONSTANT:
-        return np.asarray(layer.weights).reshape(tuple(layer.shape))
+        return _constant(layer, constants)
+    if kind == trt.LayerType.QUANTIZE:
+        return _quantize(layer, *args)
+    if kind == trt.LayerType.DEQUANTIZE:
+        return _dequantize(layer, *args)
     if kind == trt.LayerType.ELEMENTWISE:
         return _ELEMENTWISE[layer.op](*args)
     if kind == trt.LayerType.SHAPE:
@@ -363,10 +405,12 @@ def _in_dependency_order(network: trt.INetworkDefinition) -> list:
     return order
 
 
-def evaluate(network: trt.INetworkDefinition, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def evaluate(network: trt.INetworkDefinition, inputs: dict[str, np.ndarray],
+             constants: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The network's outputs for the given inputs, by name, computed layer by layer in numpy.
 
     Every network input must be given, in the shape the network declares (-1 dimensions take any size).
+    `constants`: the values of FP8 constant layers, by layer name (the weights the network was given).
     """
     values = {}
     for i in range(network.num_inputs):
@@ -384,7 +428,7 @@ def evaluate(network: trt.INetworkDefinition, inputs: dict[str, np.ndarray]) -> 
             raise NotImplementedError(f"layer {layer.name} of type {kind}")
         layer.__class__ = _CLASSES[kind]
         args = [values[tensor.name] if tensor is not None else None for tensor in _layer_inputs(layer)]
-        out = np.asarray(_evaluate_layer(layer, kind, args))
+        out = np.asarray(_evaluate_layer(layer, kind, args, constants or {}))
         if kind != _ATTENTION_INPUT:
             _check_shape(layer.get_output(0), out, f"layer {layer.name} output")
         values[layer.get_output(0).name] = out

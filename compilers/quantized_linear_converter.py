@@ -1,0 +1,72 @@
+"""The canonical quantized linear (quantize/quantized_linear.py) as TensorRT layers around real INT8/FP8 weights.
+
+    x ──[quantize → dequantize, with input_scale, where the format quantizes activations]──┐
+                                                                                          matmul(x, Wᵀ) (+ bias)
+    weight (an INT8 or FP8 constant) ── dequantize(weight_scale, per channel or tensor) ───┘
+
+The engine stores the weight at one byte; TensorRT fuses the dequantize layers into its quantized
+matrix-multiply kernels (and the activations' quantize/dequantize pair into an INT8 or FP8 product).
+The scales are float32 constants, as TensorRT's quantize layers ask.
+
+Importing this module registers the converter; it needs torch_tensorrt.
+"""
+
+from __future__ import annotations
+
+import tensorrt as trt
+import torch
+from torch_tensorrt.dynamo.conversion._ConversionContext import ConversionContext
+from torch_tensorrt.dynamo.conversion._ConverterRegistry import ConverterPriority, dynamo_tensorrt_converter
+from torch_tensorrt.dynamo.conversion.converter_utils import get_trt_tensor
+
+from quantize.quantized_linear import QUANTIZED_LINEAR
+
+_QUANTIZED_TYPES = {torch.int8: trt.int8, torch.float8_e4m3fn: trt.fp8}
+
+
+def _scale(ctx: ConversionContext, scale: torch.Tensor, name: str) -> trt.ITensor:
+    return get_trt_tensor(ctx, scale.detach().float().cpu().reshape(-1) if scale.dim() else scale.detach().float().cpu(),
+                          name, dtype=torch.float32, min_rank=0)
+
+
+def _dequantize(ctx: ConversionContext, quantized: trt.ITensor, scale: torch.Tensor, name: str,
+                output_type: trt.DataType) -> trt.ITensor:
+    layer = ctx.net.add_dequantize(quantized, _scale(ctx, scale, f"{name}_scale"), output_type)
+    if scale.dim():  # one scale per output channel: the weight's rows
+        layer.axis = 0
+    layer.name = name
+    return layer.get_output(0)
+
+
+def _fake_quantize(ctx: ConversionContext, x: trt.ITensor, scale: torch.Tensor, quantized_type: trt.DataType,
+                   name: str) -> trt.ITensor:
+    quantize = ctx.net.add_quantize(x, _scale(ctx, scale, f"{name}_scale"), quantized_type)
+    quantize.name = f"{name}_quantize"
+    return _dequantize(ctx, quantize.get_output(0), scale, f"{name}_dequantize", x.dtype)
+
+
+@dynamo_tensorrt_converter(QUANTIZED_LINEAR, supports_dynamic_shapes=True, priority=ConverterPriority.HIGH)
+def convert_quantized_linear(ctx: ConversionContext, target, args, kwargs, name: str):
+    x, weight, weight_scale, input_scale, bias = (list(args) + [None] * 5)[:5]
+    if not isinstance(weight, torch.Tensor) or weight.dtype not in _QUANTIZED_TYPES:
+        raise RuntimeError(f"{name}: the quantized weight must be an INT8 or FP8 constant")
+    quantized_type = _QUANTIZED_TYPES[weight.dtype]
+    stored = get_trt_tensor(ctx, weight.detach().cpu().contiguous(), f"{name}_weight")  # [N, K], one byte each
+    weight_t = _dequantize(ctx, stored, weight_scale, f"{name}_weight_dequantize", x.dtype)
+    if input_scale is not None:
+        x = _fake_quantize(ctx, x, input_scale, quantized_type, f"{name}_input")
+    if len(x.shape) > 2:  # [..., K] @ [K, N]: the weight broadcast over the leading dimensions
+        expand = ctx.net.add_shuffle(weight_t)
+        expand.reshape_dims = (1,) * (len(x.shape) - 2) + tuple(weight.shape)
+        expand.name = f"{name}_weight_broadcast"
+        weight_t = expand.get_output(0)
+    product = ctx.net.add_matrix_multiply(x, trt.MatrixOperation.NONE, weight_t, trt.MatrixOperation.TRANSPOSE)
+    product.name = f"{name}_matmul"
+    out = product.get_output(0)
+    if bias is not None:
+        bias_tensor = get_trt_tensor(ctx, bias.detach().cpu().reshape((1,) * (len(x.shape) - 1) + (-1,)),
+                                     f"{name}_bias", dtype=bias.dtype)
+        add = ctx.net.add_elementwise(out, bias_tensor, trt.ElementWiseOperation.SUM)
+        add.name = f"{name}_bias_add"
+        out = add.get_output(0)
+    return out
