@@ -69,10 +69,12 @@ class QuantOptions:
     algo: str = "max"  # one of QUANT_ALGOS
     weight_only: bool = False
     calib_data: str = "random"  # one of CALIBRATION_DATA
+    prequantized: bool = False  # the checkpoint was saved quantized (quantize/checkpoint.py): no calibration here
 
     def describe(self) -> str:
         what = "weight-only" if self.weight_only else "weights and activations"
-        return f"{self.format} {what}, {self.algo} calibration"
+        return f"{self.format} {what}, " + ("pre-quantized checkpoint" if self.prequantized
+                                             else f"{self.algo} calibration")
 
 
 @dataclass(frozen=True)

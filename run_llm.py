@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from functools import partial
 from typing import Callable
 
@@ -29,6 +30,7 @@ from generation.loops import Prompt, StopRule, generate_no_cache, generate_stati
 from generation.teacher_forced import forced_footnote, reference_logits, teacher_forced
 from load.models import check_llm_family, check_positions, load_config, load_model
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
+from quantize.checkpoint import check_requested, checkpoint_quantization, load_prequantized
 from options import BASELINES, Options
 from plugin.compile import compile_plugin_model
 from plugin.model import PluginCachedModel, PluginCausalLM, allocate_plugin_caches, generate_plugin
@@ -85,6 +87,10 @@ def main(options: Options) -> None:
     with doing("loading the model's config"):
         config = load_config(model_options)
         check_llm_family(config)
+        saved = None if model_options.random_weights else checkpoint_quantization(config)
+    if saved:
+        check_requested(options.quant, saved)
+        options = replace(options, quant=saved)
     if run.benchmark:  # before the tokenizer loads and --isl random tokens are drawn
         check_positions(config, run.isl + run.num_tokens, "--isl + --num_tokens")
     if plugin:
@@ -97,9 +103,9 @@ def main(options: Options) -> None:
         input_ids = input_ids_for(options, tokenizer, config)
     max_seq_len = input_ids.shape[1] + run.num_tokens
     with stage("loading the model"):
-        model = load_model(model_options, config)
+        model = load_prequantized(model_options, config) if saved else load_model(model_options, config)
     compiled_model = model  # what is exported and compiled; `model` stays the PyTorch reference
-    if options.quant.format:
+    if options.quant.format and not saved:
         from quantize.modelopt_quantize import quantize_model
 
         with stage("quantizing the model with ModelOpt"):

@@ -3,6 +3,8 @@ model, the error against the unquantized model per format, a planted wrong scale
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -129,3 +131,51 @@ def test_a_quantized_run_reports_its_accuracy_against_the_unquantized_model(tmp_
     assert report["setup"]["quantization"] == "int8 weight-only, max calibration"
     row = report["results"]["Eager, static_v3, int8 weight-only"]
     assert 0 < row["forced_relative_logit_error"] < 0.05 and row["forced_top1"] > 0.5
+
+
+def exported_checkpoint(folder, fmt: str) -> None:
+    """tiny-llama quantized by ModelOpt and saved with ModelOpt's own Hugging Face export."""
+    from modelopt.torch.export import export_hf_checkpoint
+
+    calibrated, _, _ = quantized_pair("tiny-llama", FORMATS[fmt][0])
+    calibrated.config.architectures = ["LlamaForCausalLM"]  # the export reads it; a preset's config has none
+    with modelopt_quantize._quietly():
+        export_hf_checkpoint(calibrated, export_dir=str(folder))
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "int8-weight-only"])
+def test_a_prequantized_checkpoint_loads_as_modelopt_saved_it(fmt, tmp_path):
+    """The checkpoint's quantized linears load into the canonical form with no calibration, and compute what the
+    ModelOpt model that was saved computes (the independent reference)."""
+    from load.models import load_config
+    from options import ModelOptions
+    from quantize.checkpoint import checkpoint_quantization, load_prequantized
+
+    exported_checkpoint(tmp_path, fmt)
+    options = ModelOptions(str(tmp_path), "FP32")
+    config = load_config(options)
+    assert checkpoint_quantization(config) == replace(FORMATS[fmt][0], prequantized=True)
+    loaded = load_prequantized(options, config)
+    calibrated, canonical, model = quantized_pair("tiny-llama", FORMATS[fmt][0])
+    ids = ids_for(model)
+    with torch.no_grad():
+        actual, expected = loaded(input_ids=ids).logits, calibrated(input_ids=ids).logits
+    assert len(quantized_linears(loaded)) == len(quantized_linears(canonical))
+    assert relative_error(actual, expected) < 1e-5
+
+
+def test_a_prequantized_checkpoint_runs_as_a_user_runs_it(tmp_path):
+    from test_cli import assert_usage_error, run_llm
+
+    exported_checkpoint(tmp_path / "fp8", "fp8")
+    flags = ["--model", str(tmp_path / "fp8"), "--compiler", "eager", "--cache", "static_v3", "--precision", "FP32"]
+    result = run_llm(*flags, "--num_tokens", "8", "--enable_pytorch_run")
+    assert result.returncode == 0, result.stderr
+    assert "loaded a pre-quantized ModelOpt checkpoint: 14 linear layers in fp8 weights and activations" in result.stderr
+    assert "quantizing" not in result.stderr  # nothing is calibrated again
+    assert result.stdout.splitlines()[-1] == "PyTorch and Eager outputs match: True"
+    assert_usage_error(run_llm(*flags, "--quant_format", "int8"), "already quantized (fp8)",
+                       "leave out --quant_format int8")
+    config = tmp_path / "fp8" / "config.json"
+    config.write_text(config.read_text().replace('"quant_algo": "FP8"', '"quant_algo": "INT4_AWQ"'))
+    assert_usage_error(run_llm(*flags), "quantization INT4_AWQ is not one this toolkit loads")
