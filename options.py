@@ -71,10 +71,13 @@ class QuantOptions:
     calib_data: str = "random"  # one of CALIBRATION_DATA
     prequantized: bool = False  # the checkpoint was saved quantized (quantize/checkpoint.py): no calibration here
 
+    @property
+    def short(self) -> str:
+        """For a table row: "int8 weight-only", "fp8 weights and activations"."""
+        return f"{self.format} {'weight-only' if self.weight_only else 'weights and activations'}"
+
     def describe(self) -> str:
-        what = "weight-only" if self.weight_only else "weights and activations"
-        return f"{self.format} {what}, " + ("pre-quantized checkpoint" if self.prequantized
-                                             else f"{self.algo} calibration")
+        return f"{self.short}, " + ("pre-quantized checkpoint" if self.prequantized else f"{self.algo} calibration")
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ from generation.loops import Prompt, StopRule, generate_no_cache, generate_stati
 from generation.teacher_forced import forced_footnote, reference_logits, teacher_forced
 from load.models import check_llm_family, check_positions, load_config, load_model
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
-from quantize.checkpoint import check_requested, checkpoint_quantization, load_prequantized
 from options import BASELINES, Options
 from plugin.compile import compile_plugin_model
 from plugin.model import PluginCachedModel, PluginCausalLM, allocate_plugin_caches, generate_plugin
+from quantize.checkpoint import check_requested, checkpoint_quantization, load_prequantized
 from report.table import report_benchmark, report_generation
 from report.timing import copy_bandwidth_tb_s, decode_bytes_per_step, run_benchmark, token_agreement
 from utils import cached_model, compile_lowered, lower
@@ -110,9 +110,11 @@ def main(options: Options) -> None:
 
         with stage("quantizing the model with ModelOpt"):
             compiled_model = quantize_model(model, options.quant, max_seq_len, tokenizer)
+        if not run.enable_pytorch_run:  # nothing is compared with the unquantized model: free its memory
+            model = compiled_model
     eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
     label = compile_options.label + ("-Plugin" if plugin else "")
-    quantized = f", {options.quant.describe().split(',')[0]}" if options.quant.format else ""
+    quantized = f", {options.quant.short}" if options.quant.format else ""
 
     start = time.perf_counter()
     with stage(f"exporting and compiling the model ({label})"):

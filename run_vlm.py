@@ -153,7 +153,7 @@ def main(options: Options) -> None:
     if run.enable_pytorch_run:
         with stage("benchmarking the PyTorch reference"):
             measured[reference_row] = measure(run_pytorch)
-    quantized = f", {options.quant.describe().split(',')[0]}" if options.quant.format else ""
+    quantized = f", {options.quant.short}" if options.quant.format else ""
     row = f"{label}, {compile_options.cache or 'no cache'}{quantized}" + (", CUDA graphs" if compile_options.cudagraph
                                                                          else "")
     with stage(f"benchmarking {row}"):

@@ -77,9 +77,12 @@ class PluginCausalLM(torch.nn.Module):
         inputs.active = True
         try:
             logits = self.model(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits
-        finally:
+            deltas = inputs.deltas
+        finally:  # keep no tensor of the call: under export they are fake, and copying the model would fail
             inputs.active = False
-        return (logits, *inputs.deltas)
+            inputs.caches, inputs.deltas = [], []
+            inputs.context_lengths = inputs.rope_table = inputs.start_idx = None
+        return (logits, *deltas)
 
 
 def allocate_plugin_caches(model, batch_size: int, capacity: int, dtype, device) -> list[torch.Tensor]:

@@ -97,12 +97,10 @@ def canonical_linears(calibrated: torch.nn.Module, quant_utils) -> dict[str, Qua
 
 
 def with_linears(model: torch.nn.Module, linears: dict[str, torch.nn.Module]) -> torch.nn.Module:
-    """A copy of `model` with the named linears replaced; the other weights are copied as they are."""
-    copied = copy.deepcopy(model)
-    for name, linear in linears.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(copied.get_submodule(parent_name), child, linear)
-    return copied
+    """A copy of `model` with the named linears replaced; the other weights are copied as they are. The
+    replaced linears are never copied: deepcopy's memo hands out their replacements."""
+    memo = {id(model.get_submodule(name)): linear for name, linear in linears.items()}
+    return copy.deepcopy(model, memo)
 
 
 def causal_lm_forward(model: torch.nn.Module, ids: torch.Tensor) -> object:

@@ -3,6 +3,7 @@ that run before any weights load, and the converter's wiring (on a TensorRT with
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def test_plugin_model_exports_with_one_plugin_op_per_layer():
                                   dynamic_shapes=({1: seq}, None, None, None, (None,) * len(caches)), strict=False)
     ops = [n for n in program.graph.nodes if n.target == torch.ops.llm_tools.edgellm_attention.default]
     assert len(ops) == model.config.num_hidden_layers
+    copy.deepcopy(model)  # the swapped model keeps none of the export's fake tensors
 
 
 # ----------------------------------------------------------------------------- bad input
