@@ -5,9 +5,11 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
     at each of them when shapes are static (it cannot put an op that returns an int in a graph).
   - Each canonical attention node becomes a call of plain PyTorch or of a Triton kernel, chosen per
     node by `decode_tuning.choose_attention` (its docstring is the rule).
-  - A small model's batch-1 static_v3 step (`tuned_for_small_decode`) also has its one-row matrix
-    products written as sums of products, and is compiled with coordinate-descent tuning and
-    programmatic dependent launch, its candidates timed by their kernels' GPU time (kernel_timer.py).
+  - A small (or quantized) model's batch-1 static_v3 step (`tuned_for_small_decode`) also has its one-row
+    matrix products written as sums of products, and its decode step is compiled with coordinate-descent
+    tuning and programmatic dependent launch, its candidates timed by their kernels' GPU time
+    (kernel_timer.py); the prefill is compiled untuned.
+  - A quantized linear (quantize/quantized_linear.py) becomes plain ops over its one-byte weight.
 Why each choice, with the figures: docs/decode_tuning.md.
 
 A static_v3 graph is compiled for static shapes (one graph for prefill, one for the decode step).
@@ -143,10 +145,13 @@ def batch_size_of(gm: GraphModule) -> int:
 
 
 def tuned_for_small_decode(gm: GraphModule, tuning: DecodeTuning) -> bool:
-    """Whether a static_v3 step gets the small-model decode treatment: batch 1, on a GPU, a small model."""
+    """Whether a static_v3 step gets the small-model decode treatment: batch 1, on a GPU, a small model or a
+    quantized one (whose one-row products are written out at any size: no library kernel multiplies by a
+    one-byte weight, and the written-out reductions are what the tuning tunes)."""
     parameters = list(gm.parameters())
-    return (batch_size_of(gm) == 1 and parameters[0].is_cuda
-            and sum(p.numel() for p in parameters) <= tuning.small_model_parameters)
+    small = sum(p.numel() for p in parameters) <= tuning.small_model_parameters
+    quantized = bool(gm.graph.find_nodes(op="call_function", target=QUANTIZED_LINEAR))
+    return batch_size_of(gm) == 1 and parameters[0].is_cuda and (small or quantized)
 
 
 def small_decode_options() -> dict:

@@ -179,3 +179,41 @@ def test_a_prequantized_checkpoint_runs_as_a_user_runs_it(tmp_path):
     config = tmp_path / "fp8" / "config.json"
     config.write_text(config.read_text().replace('"quant_algo": "FP8"', '"quant_algo": "INT4_AWQ"'))
     assert_usage_error(run_llm(*flags), "quantization INT4_AWQ is not one this toolkit loads")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["int8-weight-only", "fp8"])
+def test_the_inductor_step_of_a_quantized_model_generates_its_tokens_on_the_gpu(fmt):
+    """As run_llm.py --compiler inductor --cache static_v3 runs a quantized model on a GPU (the small-model decode
+    tuning, one-row products written out over the one-byte weights, CUDA graphs): the tokens of Hugging Face's
+    generate on the same quantized model."""
+    from compilers.inductor import compile_with_inductor
+    from conftest import hf_generate, prompt_ids
+    from generation.loops import CachedModel, Prompt, StopRule, generate_static_cache
+
+    model = tiny_model("tiny-llama", "cuda")
+    batches = random_batches(model.config.vocab_size, 32, "cuda")
+    calibrated = modelopt_quantize.calibrated_with_modelopt(model, FORMATS[fmt][0], batches)
+    _, quant_utils = modelopt_quantize._modelopt()
+    canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated, quant_utils))
+    prompt_len, new_tokens = 10, 16
+    gm = lowered_graph(canonical, 1, prompt_len + new_tokens, "static_v3")
+    step = compile_with_inductor(gm, cudagraph=True)
+    cached = CachedModel(step, gm, 1, prompt_len + new_tokens, model.dtype, "cuda", cuda_graphs=True)
+    ids = prompt_ids(model, 1, prompt_len)
+    stop = StopRule([], 0, stop_on_eos=False)
+    with torch.no_grad():
+        tokens = generate_static_cache(cached, Prompt.text(ids), new_tokens, stop)
+    assert torch.equal(tokens, hf_generate(canonical, ids, new_tokens, stop))
+
+
+@pytest.mark.gpu
+def test_a_quantized_step_is_tuned_for_decode_at_any_size():
+    from compilers.decode_tuning import DecodeTuning
+    from compilers.inductor import tuned_for_small_decode
+
+    _, canonical, _ = quantized_pair("tiny-llama", FORMATS["int8-weight-only"][0])
+    gm = lowered_graph(canonical.cuda(), 1, 16, "static_v3")
+    assert tuned_for_small_decode(gm, DecodeTuning(small_model_parameters=1000))  # tiny-llama has more
+    assert not tuned_for_small_decode(lowered_graph(tiny_model("tiny-llama", "cuda"), 1, 16, "static_v3"),
+                                      DecodeTuning(small_model_parameters=1000))
