@@ -165,15 +165,16 @@ def quant_options_of(args: argparse.Namespace, device: str) -> QuantOptions:
         raise UsageError("--quant_format is not available with --backend plugin (its attention layers take "
                          "unquantized projections); use --backend sdpa")
     if quant.format == "nvfp4":
-        check_nvfp4_runs_here(device)
+        check_nvfp4_runs_here(device, quant.weight_only)
     if importlib.util.find_spec("modelopt") is None:
         raise UsageError("--quant_format needs NVIDIA ModelOpt, which is not installed; "
                          "pip install nvidia-modelopt==0.47.0 requests")
     return quant
 
 
-def check_nvfp4_runs_here(device: str) -> None:
-    """NVFP4's matrix products need compute capability 10.0 (Blackwell) or newer."""
+def check_nvfp4_runs_here(device: str, weight_only: bool) -> None:
+    """NVFP4's matrix products need compute capability 10.0 (Blackwell) or newer; its activations are not
+    quantized here yet, so it is weight-only."""
     if not device.startswith("cuda"):
         raise UsageError("--quant_format nvfp4 needs an NVIDIA GPU of compute capability 10.0 or newer (Blackwell), "
                          "and none is visible here; use --quant_format fp8 or int8")
@@ -181,8 +182,8 @@ def check_nvfp4_runs_here(device: str) -> None:
     if major < 10:
         raise UsageError(f"--quant_format nvfp4 needs compute capability 10.0 or newer (Blackwell); this GPU is "
                          f"{major}.{minor}; use --quant_format fp8 or int8")
-    raise UsageError("--quant_format nvfp4: running NVFP4 models is not supported by this toolkit yet; "
-                     "use --quant_format fp8 or int8")
+    if not weight_only:
+        raise UsageError("--quant_format nvfp4 quantizes weights only in this toolkit; add --weight_only")
 
 
 def cuda_graphs_of(args: argparse.Namespace, on_gpu: bool) -> bool:

@@ -102,18 +102,24 @@ def write_out_one_row_products(gm: GraphModule) -> GraphModule:
 
 
 def quantized_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                                  input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    """The canonical quantized linear as plain ops, the weight read at one byte: a one-row product is written
-    out as sums of products over the quantized weight (its per-channel scale applied to the sums), which
-    inductor fuses into one kernel; longer inputs multiply by the dequantized weight."""
+                                  input_scale: torch.Tensor | None, bias: torch.Tensor | None,
+                                  weight_scale_2: torch.Tensor | None = None) -> torch.Tensor:
+    """The canonical quantized linear as plain ops, the weight read at its stored size: a one-row product is
+    written out as sums of products over the quantized weight (a per-channel or per-tensor scale applied to
+    the sums, NVFP4's block scales inside them), which inductor fuses into one kernel; longer inputs multiply
+    by the dequantized weight."""
     if input_scale is not None:
         x = fake_quantize(x, input_scale, weight.dtype)
     rows = x.reshape(-1, x.shape[-1])
     if _one_row_on_gpu(rows):
-        out = (rows.float().unsqueeze(1) * weight.float().unsqueeze(0)).sum(-1) * weight_scale.float()
+        if weight.dtype == torch.uint8:
+            dequantized = dequantized_weight(weight, weight_scale, torch.float32, weight_scale_2)
+            out = (rows.float().unsqueeze(1) * dequantized.unsqueeze(0)).sum(-1)
+        else:
+            out = (rows.float().unsqueeze(1) * weight.float().unsqueeze(0)).sum(-1) * weight_scale.float()
         out = (out if bias is None else out + bias.float()).to(x.dtype)
     else:
-        weight = dequantized_weight(weight, weight_scale, x.dtype)
+        weight = dequantized_weight(weight, weight_scale, x.dtype, weight_scale_2)
         out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
     return out.reshape(*x.shape[:-1], out.shape[-1])
 

@@ -1,10 +1,11 @@
-"""The canonical quantized linear (quantize/quantized_linear.py) as TensorRT layers around real INT8/FP8 weights.
+"""The canonical quantized linear (quantize/quantized_linear.py) as TensorRT layers around real INT8/FP8/FP4 weights.
 
     x ──[quantize → dequantize, with input_scale, where the format quantizes activations]──┐
                                                                                           matmul(x, Wᵀ) (+ bias)
     weight (an INT8 or FP8 constant) ── dequantize(weight_scale, per channel or tensor) ───┘
 
-The engine stores the weight at one byte; TensorRT fuses the dequantize layers into its quantized
+NVFP4 weights are FP4 constants, dequantized by FP8 block scales that the global scale dequantizes first.
+The engine stores the weight at one byte (half a byte for FP4); TensorRT fuses the dequantize layers into its quantized
 matrix-multiply kernels (and the activations' quantize/dequantize pair into an INT8 or FP8 product).
 The scales are float32 constants, as TensorRT's quantize layers ask.
 
@@ -45,19 +46,37 @@ def _fake_quantize(ctx: ConversionContext, x: trt.ITensor, scale: torch.Tensor, 
     return _dequantize(ctx, quantize.get_output(0), scale, f"{name}_dequantize", x.dtype)
 
 
+def _nvfp4_weight(ctx: ConversionContext, weight: torch.Tensor, block_scale: torch.Tensor, global_scale: torch.Tensor,
+                  name: str, output_type: trt.DataType) -> trt.ITensor:
+    """NVFP4: the FP4 constant [N, K] dequantized by its FP8 block scales [N, K / 16], which are dequantized by
+    the global scale first (TensorRT reads the block size from the scales' shape)."""
+    stored = get_trt_tensor(ctx, weight.detach().cpu().contiguous(), f"{name}_weight",
+                            target_quantized_type=trt.DataType.FP4)
+    scales = get_trt_tensor(ctx, block_scale.detach().cpu().contiguous(), f"{name}_block_scale")
+    block = ctx.net.add_dequantize(scales, _scale(ctx, global_scale, f"{name}_global_scale"), trt.float32)
+    block.name = f"{name}_block_scale_dequantize"
+    data = ctx.net.add_dequantize(stored, block.get_output(0), output_type)
+    data.axis = -1
+    data.name = f"{name}_weight_dequantize"
+    return data.get_output(0)
+
+
 @dynamo_tensorrt_converter(QUANTIZED_LINEAR, supports_dynamic_shapes=True, priority=ConverterPriority.HIGH)
 def convert_quantized_linear(ctx: ConversionContext, target, args, kwargs, name: str):
-    x, weight, weight_scale, input_scale, bias = (list(args) + [None] * 5)[:5]
-    if not isinstance(weight, torch.Tensor) or weight.dtype not in _QUANTIZED_TYPES:
-        raise RuntimeError(f"{name}: the quantized weight must be an INT8 or FP8 constant")
-    quantized_type = _QUANTIZED_TYPES[weight.dtype]
-    stored = get_trt_tensor(ctx, weight.detach().cpu().contiguous(), f"{name}_weight")  # [N, K], one byte each
-    weight_t = _dequantize(ctx, stored, weight_scale, f"{name}_weight_dequantize", x.dtype)
+    x, weight, weight_scale, input_scale, bias, weight_scale_2 = (list(args) + [None] * 6)[:6]
+    if not isinstance(weight, torch.Tensor) or weight.dtype not in (*_QUANTIZED_TYPES, torch.uint8):
+        raise RuntimeError(f"{name}: the quantized weight must be an INT8, FP8 or NVFP4 constant")
+    if weight.dtype == torch.uint8:
+        weight_t = _nvfp4_weight(ctx, weight, weight_scale, weight_scale_2, name, x.dtype)
+    else:
+        stored = get_trt_tensor(ctx, weight.detach().cpu().contiguous(), f"{name}_weight")  # [N, K], one byte each
+        weight_t = _dequantize(ctx, stored, weight_scale, f"{name}_weight_dequantize", x.dtype)
     if input_scale is not None:
+        quantized_type = _QUANTIZED_TYPES[weight.dtype]
         x = _fake_quantize(ctx, x, input_scale, quantized_type, f"{name}_input")
     if len(x.shape) > 2:  # [..., K] @ [K, N]: the weight broadcast over the leading dimensions
         expand = ctx.net.add_shuffle(weight_t)
-        expand.reshape_dims = (1,) * (len(x.shape) - 2) + tuple(weight.shape)
+        expand.reshape_dims = (1,) * (len(x.shape) - 2) + tuple(weight_t.shape)
         expand.name = f"{name}_weight_broadcast"
         weight_t = expand.get_output(0)
     product = ctx.net.add_matrix_multiply(x, trt.MatrixOperation.NONE, weight_t, trt.MatrixOperation.TRANSPOSE)

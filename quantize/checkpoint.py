@@ -22,7 +22,7 @@ from quantize.quantized_linear import QuantizedLinear
 LOADABLE = {"FP8": QuantOptions("fp8", prequantized=True),
             "W8A16": QuantOptions("int8", weight_only=True, prequantized=True),
             "W8A8_SQ_PER_CHANNEL": QuantOptions("int8", "smoothquant", prequantized=True)}
-QUANTIZED_TENSORS = ("weight", "weight_scale", "input_scale", "pre_quant_scale", "bias")
+QUANTIZED_TENSORS = ("weight", "weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale", "bias")
 
 
 def checkpoint_quantization(config) -> QuantOptions | None:
@@ -87,7 +87,8 @@ def load_prequantized(model: ModelOptions, config, auto_class=None) -> torch.nn.
         tensors = {part: state.pop(f"{name}.{part}", None) for part in QUANTIZED_TENSORS}
         linear = QuantizedLinear(tensors["weight"], tensors["weight_scale"], tensors["input_scale"],
                                  None if tensors["bias"] is None else tensors["bias"].to(model.dtype),
-                                 None if tensors["pre_quant_scale"] is None else tensors["pre_quant_scale"].to(model.dtype))
+                                 None if tensors["pre_quant_scale"] is None else tensors["pre_quant_scale"].to(model.dtype),
+                                 tensors["weight_scale_2"])
         parent, _, child = name.rpartition(".")
         setattr(loaded.get_submodule(parent), child, linear.to(model.device))
     missing, unexpected = loaded.load_state_dict({k: v.to(model.dtype) for k, v in state.items()}, strict=False)

@@ -20,7 +20,7 @@ import torch
 from errors import UsageError, logger
 from options import QuantOptions
 from quantize.calibration import CalibrationData, calibration_batches
-from quantize.quantized_linear import QuantizedLinear
+from quantize.quantized_linear import NVFP4_BLOCK, QuantizedLinear
 
 
 @contextmanager
@@ -73,13 +73,16 @@ def canonical_linear(module, quant_utils) -> QuantizedLinear | None:
     fmt = quant_utils.get_quantization_format(module)
     if fmt in (None, "unquantized"):
         return None
-    if fmt not in ("int8_wo", "int8_sq", "fp8"):
+    if fmt not in ("int8_wo", "int8_sq", "fp8", "w4a16_nvfp4"):
         raise UsageError(f"ModelOpt quantized a layer as {fmt}, which this toolkit cannot lower yet")
     weight_scale = quant_utils.get_weight_scaling_factor(module)
-    weight = quant_utils.to_quantized_weight(module.weight.detach(), weight_scale, fmt)
+    weight_scale_2 = quant_utils.get_weight_scaling_factor_2(module) if fmt == "w4a16_nvfp4" else None
+    weight = quant_utils.to_quantized_weight(module.weight.detach(), weight_scale, fmt, weight_scale_2, NVFP4_BLOCK)
     input_scale = quant_utils.get_activation_scaling_factor(module)
     pre_quant_scale = getattr(module.input_quantizer, "_pre_quant_scale", None)
     bias = None if module.bias is None else module.bias.detach()
+    if fmt == "w4a16_nvfp4":
+        return QuantizedLinear(weight, weight_scale, None, bias, None, weight_scale_2.reshape(()))
     return QuantizedLinear(weight, weight_scale.reshape(-1) if weight_scale.numel() > 1 else weight_scale.reshape(()),
                            None if input_scale is None else input_scale.reshape(()), bias,
                            None if pre_quant_scale is None else pre_quant_scale.detach().to(module.weight.dtype))

@@ -1,9 +1,12 @@
 """The one quantized-linear form of the lowered graph: `llm_tools::quantized_linear`.
 
-    quantized_linear(x, weight, weight_scale, input_scale, bias) = fq(x) @ (weight * weight_scale).T + bias
+    quantized_linear(x, weight, weight_scale, input_scale, bias, weight_scale_2)
+        = fq(x) @ (weight * weight_scale [* weight_scale_2]).T + bias
 
-- `weight` [N, K] is stored quantized: int8, or float8_e4m3fn.
-- `weight_scale` is float32, [N] (one per output channel, INT8) or [] (one per tensor, FP8).
+- `weight` [N, K] is stored quantized: int8, or float8_e4m3fn; or NVFP4, two FP4 (E2M1) values a byte,
+  uint8 [N, K / 2], the even element in the low four bits.
+- `weight_scale` is float32, [N] (one per output channel, INT8) or [] (one per tensor, FP8); for NVFP4,
+  float8_e4m3fn [N, K / 16], one per block of 16, itself scaled by `weight_scale_2` (float32 []).
 - `input_scale` is None for weight-only formats; else a float32 [] scale, and fq(x) quantizes x to the
   weight's type with it and dequantizes it again (INT8 SmoothQuant, FP8): what the matrix product of
   two quantized operands computes.
@@ -34,27 +37,45 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, quantized_dtype: torch.d
     return (quantized * scale).to(x.dtype)
 
 
-def dequantized_weight(weight: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)  # by 4-bit code
+NVFP4_BLOCK = 16
+
+
+def fp4_values(packed: torch.Tensor) -> torch.Tensor:
+    """float32 [N, K] from NVFP4's packed uint8 [N, K / 2] (the even element in the low four bits)."""
+    codes = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+    return torch.tensor(E2M1_VALUES, device=packed.device)[codes.long()]
+
+
+def dequantized_weight(weight: torch.Tensor, weight_scale: torch.Tensor, dtype: torch.dtype,
+                       weight_scale_2: torch.Tensor | None = None) -> torch.Tensor:
+    if weight.dtype == torch.uint8:  # NVFP4: a scale per block of 16 along K
+        values = fp4_values(weight)
+        rows, columns = values.shape
+        scales = weight_scale.float() * weight_scale_2.float()
+        return (values.reshape(rows, -1, NVFP4_BLOCK) * scales.unsqueeze(-1)).reshape(rows, columns).to(dtype)
     scale = weight_scale.reshape(-1, 1) if weight_scale.dim() else weight_scale
     return (weight.float() * scale).to(dtype)
 
 
 def quantized_linear_reference(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                               input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+                               input_scale: torch.Tensor | None, bias: torch.Tensor | None,
+                               weight_scale_2: torch.Tensor | None = None) -> torch.Tensor:
     """What the op computes, in plain PyTorch ops."""
     if input_scale is not None:
         x = fake_quantize(x, input_scale, weight.dtype)
-    return torch.nn.functional.linear(x, dequantized_weight(weight, weight_scale, x.dtype), bias)
+    return torch.nn.functional.linear(x, dequantized_weight(weight, weight_scale, x.dtype, weight_scale_2), bias)
 
 
 @torch.library.custom_op("llm_tools::quantized_linear", mutates_args=())
 def quantized_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                     input_scale: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    return quantized_linear_reference(x, weight, weight_scale, input_scale, bias)
+                     input_scale: torch.Tensor | None, bias: torch.Tensor | None,
+                     weight_scale_2: torch.Tensor | None = None) -> torch.Tensor:
+    return quantized_linear_reference(x, weight, weight_scale, input_scale, bias, weight_scale_2)
 
 
 @quantized_linear.register_fake
-def _(x, weight, weight_scale, input_scale, bias):
+def _(x, weight, weight_scale, input_scale, bias, weight_scale_2=None):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
@@ -65,11 +86,14 @@ class QuantizedLinear(torch.nn.Module):
     """A linear layer in the canonical form: what every quantized nn.Linear of the model becomes before export."""
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None, pre_quant_scale: torch.Tensor | None = None):
+                 bias: torch.Tensor | None = None, pre_quant_scale: torch.Tensor | None = None,
+                 weight_scale_2: torch.Tensor | None = None):
         super().__init__()
-        self.out_features, self.in_features = weight.shape
+        self.out_features, self.in_features = weight.shape[0], weight.shape[1] * (2 if weight.dtype == torch.uint8 else 1)
         self.weight = torch.nn.Parameter(weight, requires_grad=False)  # a parameter: weight counts see its bytes
-        self.register_buffer("weight_scale", weight_scale.float())
+        # NVFP4's block scales stay FP8; the other formats' scales are float32
+        self.register_buffer("weight_scale", weight_scale if weight.dtype == torch.uint8 else weight_scale.float())
+        self.register_buffer("weight_scale_2", None if weight_scale_2 is None else weight_scale_2.float())
         self.register_buffer("input_scale", None if input_scale is None else input_scale.float())
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
         self.register_buffer("pre_quant_scale", pre_quant_scale)
@@ -81,14 +105,14 @@ class QuantizedLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_quant_scale is not None:
             x = x * self.pre_quant_scale.to(x.dtype)
-        return quantized_linear(x, self.weight, self.weight_scale, self.input_scale, self.bias)
+        return quantized_linear(x, self.weight, self.weight_scale, self.input_scale, self.bias, self.weight_scale_2)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}"
 
 
 def format_of(weight_dtype: torch.dtype, weight_only: bool) -> str:
-    name = {torch.int8: "int8", torch.float8_e4m3fn: "fp8"}[weight_dtype]
+    name = {torch.int8: "int8", torch.float8_e4m3fn: "fp8", torch.uint8: "nvfp4"}[weight_dtype]
     return f"{name} weight-only" if weight_only else f"{name} weights and activations"
 
 

@@ -11,7 +11,7 @@ import torch
 from conftest import lowered_graph, tiny_model
 from options import QuantOptions
 from quantize.calibration import random_batches, text_batches
-from quantize.quantized_linear import QUANTIZED_LINEAR, quantized_linears
+from quantize.quantized_linear import QUANTIZED_LINEAR, QuantizedLinear, quantized_linears
 
 pytest.importorskip("modelopt")
 
@@ -27,18 +27,72 @@ FORMATS = {  # the flags, and the largest relative logit error against the unqua
 FAMILIES = ["tiny-llama", "tiny-qwen3"]
 
 
+def fresh_model(family: str, device: str = "cpu"):
+    """A tiny preset built for the caller alone (the same seeded weights as conftest's shared one, which other
+    tests may have changed: the plugin backend swaps its attention modules in place)."""
+    from load.models import load_config, load_model
+    from options import ModelOptions
+
+    options = ModelOptions(family, "FP32", device)
+    return load_model(options, load_config(options))
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.float() - expected.float()).norm() / expected.float().norm())
 
 
 def quantized_pair(family: str, quant: QuantOptions):
     """(ModelOpt's calibrated model, the same quantization in the canonical form, the unquantized model)."""
-    model = tiny_model(family)
+    model = fresh_model(family)
     batches = random_batches(model.config.vocab_size, 32, "cpu")
     calibrated = modelopt_quantize.calibrated_with_modelopt(model, quant, batches)
     _, quant_utils = modelopt_quantize._modelopt()
     canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated, quant_utils))
     return calibrated, canonical, model
+
+
+def nvfp4_pair(family: str):
+    """(the model with each linear's weight replaced by ModelOpt's dequantized NVFP4 weight, the canonical NVFP4
+    weight-only model, the unquantized model). ModelOpt's calibration needs a GPU for NVFP4; its NVFP4 tensor
+    quantizes a weight on the CPU (block scales from each block's maximum, no calibration data needed)."""
+    from modelopt.torch.quantization.qtensor import NVFP4QTensor
+
+    _, int8, model = quantized_pair(family, FORMATS["int8-weight-only"][0])  # which linears ModelOpt quantizes
+    names = [name for name, module in int8.named_modules() if module in quantized_linears(int8)]
+    linears, dequantized = {}, {}
+    for name in names:
+        linear = model.get_submodule(name)
+        quantized, block_scale, global_scale = NVFP4QTensor.quantize(linear.weight.detach(), 16)
+        linears[name] = QuantizedLinear(quantized._quantized_data, block_scale, None,
+                                        None if linear.bias is None else linear.bias.detach(), None, global_scale)
+        plain = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        plain.weight = torch.nn.Parameter(quantized.dequantize(dtype=torch.float32, scale=block_scale,
+                                                               double_scale=global_scale, block_sizes={-1: 16}))
+        plain.bias = linear.bias
+        dequantized[name] = plain
+    return (modelopt_quantize.with_linears(model, dequantized), modelopt_quantize.with_linears(model, linears),
+            model)
+
+
+def canonical_model(family: str, fmt: str):
+    """The canonical quantized model of a format of FORMATS, or NVFP4 weight-only ("nvfp4-weight-only")."""
+    return (nvfp4_pair(family) if fmt == "nvfp4-weight-only" else quantized_pair(family, FORMATS[fmt][0]))[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nvfp4_weights_compute_what_modelopt_dequantizes(family):
+    """NVFP4 weight-only in the canonical form (FP4 weights two a byte, FP8 block scales, a global scale),
+    lowered, against the model whose weights are ModelOpt's own dequantization of the same NVFP4 tensors."""
+    reference, canonical, model = nvfp4_pair(family)
+    ids = ids_for(model)
+    gm = lowered_graph(canonical, 2, 32, "")
+    with torch.no_grad():
+        expected, unquantized = reference(input_ids=ids).logits[:, -1], model(input_ids=ids).logits[:, -1]
+        actual = gm(ids, torch.arange(24).expand(2, -1))[0][:, -1]
+    assert {linear.weight.dtype for linear in quantized_linears(canonical)} == {torch.uint8}
+    assert relative_error(actual, expected) < 1e-5
+    print(f"{family} nvfp4 weight-only: relative logit error {relative_error(actual, unquantized):.1e}")
+    assert relative_error(actual, unquantized) < 0.2
 
 
 def ids_for(model) -> torch.Tensor:
@@ -191,7 +245,7 @@ def test_the_inductor_step_of_a_quantized_model_generates_its_tokens_on_the_gpu(
     from conftest import hf_generate, prompt_ids
     from generation.loops import CachedModel, Prompt, StopRule, generate_static_cache
 
-    model = tiny_model("tiny-llama", "cuda")
+    model = fresh_model("tiny-llama", "cuda")
     batches = random_batches(model.config.vocab_size, 32, "cuda")
     calibrated = modelopt_quantize.calibrated_with_modelopt(model, FORMATS[fmt][0], batches)
     _, quant_utils = modelopt_quantize._modelopt()
@@ -217,3 +271,34 @@ def test_a_quantized_step_is_tuned_for_decode_at_any_size():
     assert tuned_for_small_decode(gm, DecodeTuning(small_model_parameters=1000))  # tiny-llama has more
     assert not tuned_for_small_decode(lowered_graph(tiny_model("tiny-llama", "cuda"), 1, 16, "static_v3"),
                                       DecodeTuning(small_model_parameters=1000))
+
+
+@pytest.mark.gpu
+def test_modelopts_nvfp4_weight_only_calibration_lowers_to_the_canonical_form():
+    """ModelOpt's NVFP4 weight-only quantization (which needs a GPU, not a Blackwell one) in the canonical form
+    computes what ModelOpt's own fake-quantized model computes."""
+    quant = QuantOptions("nvfp4", weight_only=True)
+    model = fresh_model("tiny-llama", "cuda")
+    calibrated = modelopt_quantize.calibrated_with_modelopt(model, quant, random_batches(512, 32, "cuda"))
+    _, quant_utils = modelopt_quantize._modelopt()
+    canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated, quant_utils))
+    ids = ids_for(model).cuda()
+    with torch.no_grad():
+        actual, expected = canonical(input_ids=ids).logits, calibrated(input_ids=ids).logits
+    assert {linear.weight.dtype for linear in quantized_linears(canonical)} == {torch.uint8}
+    assert relative_error(actual, expected) < 1e-5
+
+
+@pytest.mark.parametrize("capability,weight_only,refusal", [((9, 0), True, "this GPU is 9.0"),
+                                                             ((10, 0), False, "add --weight_only"),
+                                                             ((10, 0), True, None), ((12, 0), True, None)])
+def test_nvfp4_runs_on_blackwell_and_newer_only(monkeypatch, capability, weight_only, refusal):
+    import cli
+    from errors import UsageError
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    if refusal is None:
+        cli.check_nvfp4_runs_here("cuda", weight_only)
+    else:
+        with pytest.raises(UsageError, match=refusal):
+            cli.check_nvfp4_runs_here("cuda", weight_only)

@@ -14,12 +14,14 @@ from test_tensorrt_network import STEPS, errors_over_steps
 from trt_helpers import import_torch_tensorrt, network_of_engine
 
 pytest.importorskip("modelopt")
-from test_quantize import FORMATS, quantized_pair  # noqa: E402
+from test_quantize import FORMATS, canonical_model, quantized_pair  # noqa: E402
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.slow, pytest.mark.xdist_group("built_engines")]
 TOLERANCE = 1e-4  # as test_tensorrt_network.py: the engine computes the same quantized graph
 CASES = [("tiny-llama", "int8-weight-only"), ("tiny-llama", "fp8"), ("tiny-llama", "int8-smoothquant"),
-         ("tiny-qwen3", "fp8-weight-only"), ("tiny-qwen3", "int8")]
+         ("tiny-llama", "nvfp4-weight-only"), ("tiny-qwen3", "fp8-weight-only"), ("tiny-qwen3", "int8"),
+         ("tiny-qwen3", "nvfp4-weight-only")]
+STORED = {"int8": np.dtype(np.int8), "fp8": "FP8", "nvfp4": "FP4"}  # Weights name INT8 by numpy's dtype
 _BUILT: dict = {}
 
 
@@ -27,8 +29,7 @@ def built(family: str, fmt: str):
     """(quantized lowered static_v3 graph, its compiled module, the unquantized engine's size), built once."""
     import_torch_tensorrt()
     if (family, fmt) not in _BUILT:
-        _, canonical, model = quantized_pair(family, FORMATS[fmt][0])
-        gm = lowered_graph(canonical, 1, 24, "static_v3")
+        gm = lowered_graph(canonical_model(family, fmt), 1, 24, "static_v3")
         compiled, _ = compile_as_run_llm_does(gm, family, "static_v3")
         _BUILT[family, fmt] = gm, compiled
     return _BUILT[family, fmt]
@@ -48,8 +49,10 @@ def test_a_quantized_engine_stores_one_byte_weights_and_computes_the_quantized_g
     stored = {layer.weights.dtype for layer in constants}
     linears = 7 * 2  # q, k, v, o, gate, up, down in each of the 2 layers
     weight_only = "weight-only" in fmt
-    assert stored == {np.dtype(np.int8) if fmt.startswith("int8") else trt.fp8}  # Weights name INT8 by numpy's dtype
-    assert kinds.count(trt.LayerType.DEQUANTIZE) == linears * (1 if weight_only else 2)
+    expected = STORED[fmt.split("-")[0]]
+    assert stored == {expected if isinstance(expected, np.dtype) else getattr(trt.DataType, expected)}
+    nvfp4 = fmt.startswith("nvfp4")  # its block scales are dequantized too
+    assert kinds.count(trt.LayerType.DEQUANTIZE) == linears * (1 if weight_only and not nvfp4 else 2)
     assert kinds.count(trt.LayerType.QUANTIZE) == (0 if weight_only else linears)
     errors = errors_over_steps(gm, compiled, "static_v3", family)
     print(f"\n{family} {fmt}: engine {len(engine.serialized_engine)} bytes; {kinds.count(trt.LayerType.DEQUANTIZE)} "

@@ -105,11 +105,23 @@ def network_of_engine(engine_module):
 
 
 def fp8_constants_of_engine(engine_module) -> dict[str, np.ndarray]:
-    """The FP8 weights the engine's network was given, by constant layer name: Torch-TensorRT records every
-    constant's tensor as `<layer name> CONSTANT` (numpy cannot read FP8 weights back from the network)."""
+    """The FP8 and FP4 weights the engine's network was given, by constant layer name, as float32 values:
+    Torch-TensorRT records every constant's tensor as `<layer name> CONSTANT` (numpy cannot read FP8 or FP4
+    weights back from the network). FP4 comes packed two a byte; ModelOpt's NVFP4 tensor unpacks it."""
     recorded = _NETWORKS[_digest(engine_module.serialized_engine)].ctx.weight_refit_map
-    return {name.removesuffix(" CONSTANT"): tensor.float().numpy() for name, tensor in recorded.items()
-            if tensor.dtype == torch.float8_e4m3fn}
+    values = {}
+    for name, tensor in recorded.items():
+        if tensor.dtype == torch.float8_e4m3fn:
+            values[name.removesuffix(" CONSTANT")] = tensor.float().numpy()
+        elif tensor.dtype == torch.uint8:
+            from modelopt.torch.quantization.qtensor import NVFP4QTensor
+
+            rows, packed = tensor.shape
+            unpacked = NVFP4QTensor((rows, 2 * packed), torch.float32, tensor).dequantize(
+                dtype=torch.float32, scale=torch.ones(rows, 2 * packed // 16), double_scale=torch.tensor(1.0),
+                block_sizes={-1: 16})
+            values[name.removesuffix(" CONSTANT")] = unpacked.numpy()
+    return values
 
 
 def _evaluated_forward(self, *inputs):
