@@ -60,8 +60,8 @@ def modelopt_config(quant: QuantOptions) -> dict:
                 "INT8_SMOOTHQUANT_CFG" if quant.algo == "smoothquant" else "INT8_DEFAULT_CFG")
     elif quant.format == "fp8":
         name = "FP8_DEFAULT_CFG"
-    else:
-        name = "W4A16_NVFP4_CFG" if quant.weight_only else "NVFP4_DEFAULT_CFG"
+    else:  # NVFP4 weight-only: cli.py refuses NVFP4 activations
+        name = "W4A16_NVFP4_CFG"
     config = copy.deepcopy(getattr(mtq, name))
     if quant.weight_only and quant.format == "fp8":  # ModelOpt has no FP8 weight-only config: no input quantizers
         config["quant_cfg"].append({"quantizer_name": "*input_quantizer", "enable": False})
