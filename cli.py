@@ -89,8 +89,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
 
     quant = parser.add_argument_group("quantization (NVIDIA ModelOpt)")
     quant.add_argument("--quant_format", default=None, choices=list(QUANT_FORMATS),
-                       help="quantize the linear layers with ModelOpt; the PyTorch run stays unquantized, the reference "
-                            "for the accuracy figures")
+                       help="quantize the linear layers with ModelOpt; the PyTorch run stays unquantized, the "
+                            "reference for the accuracy figures")
     quant.add_argument("--quant_algo", default="max", choices=list(QUANT_ALGOS),
                        help="calibration algorithm; smoothquant is for int8 weights and activations")
     quant.add_argument("--weight_only", action="store_true",
@@ -160,7 +160,8 @@ def quant_options_of(args: argparse.Namespace, device: str) -> QuantOptions:
         raise UsageError("--quant_algo smoothquant quantizes activations, and --weight_only does not; "
                          "drop one of them")
     if quant.algo == "smoothquant" and quant.format != "int8":
-        raise UsageError(f"--quant_algo smoothquant is for --quant_format int8, not {quant.format}; use --quant_algo max")
+        raise UsageError(f"--quant_algo smoothquant is for --quant_format int8, not {quant.format}; "
+                         "use --quant_algo max")
     if getattr(args, "backend", "sdpa") == "plugin":
         raise UsageError("--quant_format is not available with --backend plugin (its attention layers take "
                          "unquantized projections); use --backend sdpa")

@@ -166,7 +166,8 @@ def main(options: Options) -> None:
         forced = compare_forced(reference)
         measured[row].figures.update(token_agreement=token_agreement(reference, measured[row].tokens, prompt_len),
                                      **forced.figures())
-        footnotes += ["tokens = ref: share of new tokens equal to the PyTorch row's", forced_footnote("the PyTorch row's")]
+        footnotes += ["tokens = ref: share of new tokens equal to the PyTorch row's",
+                      forced_footnote("the PyTorch row's")]
     notes = {"copy_bandwidth_tb_s": copy_bandwidth_tb_s(model_options.device), "prompt_tokens": prompt_len}
     report_benchmark(options, {name: m.figures for name, m in measured.items()}, notes, footnotes, build_seconds)
 

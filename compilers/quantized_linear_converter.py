@@ -26,8 +26,8 @@ _QUANTIZED_TYPES = {torch.int8: trt.int8, torch.float8_e4m3fn: trt.fp8}
 
 
 def _scale(ctx: ConversionContext, scale: torch.Tensor, name: str) -> trt.ITensor:
-    return get_trt_tensor(ctx, scale.detach().float().cpu().reshape(-1) if scale.dim() else scale.detach().float().cpu(),
-                          name, dtype=torch.float32, min_rank=0)
+    scale = scale.detach().float().cpu()
+    return get_trt_tensor(ctx, scale.reshape(-1) if scale.dim() else scale, name, dtype=torch.float32, min_rank=0)
 
 
 def _dequantize(ctx: ConversionContext, quantized: trt.ITensor, scale: torch.Tensor, name: str,

@@ -85,10 +85,10 @@ def load_prequantized(model: ModelOptions, config, auto_class=None) -> torch.nn.
                          "(no *.weight_scale tensors)")
     for name in names:
         tensors = {part: state.pop(f"{name}.{part}", None) for part in QUANTIZED_TENSORS}
+        in_precision = {part: None if tensors[part] is None else tensors[part].to(model.dtype)
+                        for part in ("bias", "pre_quant_scale")}
         linear = QuantizedLinear(tensors["weight"], tensors["weight_scale"], tensors["input_scale"],
-                                 None if tensors["bias"] is None else tensors["bias"].to(model.dtype),
-                                 None if tensors["pre_quant_scale"] is None else tensors["pre_quant_scale"].to(model.dtype),
-                                 tensors["weight_scale_2"])
+                                 in_precision["bias"], in_precision["pre_quant_scale"], tensors["weight_scale_2"])
         parent, _, child = name.rpartition(".")
         setattr(loaded.get_submodule(parent), child, linear.to(model.device))
     missing, unexpected = loaded.load_state_dict({k: v.to(model.dtype) for k, v in state.items()}, strict=False)

@@ -89,7 +89,8 @@ class QuantizedLinear(torch.nn.Module):
                  bias: torch.Tensor | None = None, pre_quant_scale: torch.Tensor | None = None,
                  weight_scale_2: torch.Tensor | None = None):
         super().__init__()
-        self.out_features, self.in_features = weight.shape[0], weight.shape[1] * (2 if weight.dtype == torch.uint8 else 1)
+        packed = 2 if weight.dtype == torch.uint8 else 1  # NVFP4: two values a byte
+        self.out_features, self.in_features = weight.shape[0], weight.shape[1] * packed
         self.weight = torch.nn.Parameter(weight, requires_grad=False)  # a parameter: weight counts see its bytes
         # NVFP4's block scales stay FP8; the other formats' scales are float32
         self.register_buffer("weight_scale", weight_scale if weight.dtype == torch.uint8 else weight_scale.float())

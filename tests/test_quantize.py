@@ -3,12 +3,16 @@ model, the error against the unquantized model per format, a planted wrong scale
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 
-from conftest import lowered_graph, tiny_model
+from conftest import ROOT, lowered_graph, tiny_model
 from options import QuantOptions
 from quantize.calibration import random_batches, text_batches
 from quantize.quantized_linear import QUANTIZED_LINEAR, QuantizedLinear, quantized_linears
@@ -225,7 +229,8 @@ def test_a_prequantized_checkpoint_runs_as_a_user_runs_it(tmp_path):
     flags = ["--model", str(tmp_path / "fp8"), "--compiler", "eager", "--cache", "static_v3", "--precision", "FP32"]
     result = run_llm(*flags, "--num_tokens", "8", "--enable_pytorch_run")
     assert result.returncode == 0, result.stderr
-    assert "loaded a pre-quantized ModelOpt checkpoint: 14 linear layers in fp8 weights and activations" in result.stderr
+    assert ("loaded a pre-quantized ModelOpt checkpoint: 14 linear layers in fp8 weights and activations"
+            in result.stderr)
     assert "quantizing" not in result.stderr  # nothing is calibrated again
     assert result.stdout.splitlines()[-1] == "PyTorch and Eager outputs match: True"
     assert_usage_error(run_llm(*flags, "--quant_format", "int8"), "already quantized (fp8)",
@@ -302,3 +307,21 @@ def test_nvfp4_runs_on_blackwell_and_newer_only(monkeypatch, capability, weight_
     else:
         with pytest.raises(UsageError, match=refusal):
             cli.check_nvfp4_runs_here("cuda", weight_only)
+
+
+@pytest.mark.parametrize("family", ["tiny-qwen2.5-vl", "tiny-eagle2"])
+def test_run_vlm_quantizes_the_language_model(family):
+    """run_vlm.py with --quant_format: ModelOpt quantizes the language model only (its 7 linears a layer), and
+    the teacher-forced comparison with the unquantized model of the same run is printed."""
+    from load.presets import builtin_config
+
+    flags = ["--model", family, "--compiler", "eager", "--cache", "static_v3", "--precision", "FP32", "--num_tokens",
+             "8", "--quant_format", "int8", "--weight_only", "--enable_pytorch_run"]
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "run_vlm.py"), *flags], capture_output=True, text=True,
+                            cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    layers = builtin_config(family).get_text_config().num_hidden_layers
+    assert f"quantized {7 * layers} linear layers (int8 weight-only)" in result.stderr
+    forced = re.search(r"relative logit error (\S+)", result.stdout.splitlines()[-2])
+    assert forced and 0 < float(forced.group(1)) < 0.1
+

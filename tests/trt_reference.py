@@ -14,12 +14,12 @@ import math
 import numpy as np
 import tensorrt as trt
 
+from trt_quantize_reference import constant, dequantize, quantize
+
 _DTYPES = {trt.float32: np.float32, trt.float16: np.float16, trt.int32: np.int32, trt.int64: np.int64,
-           trt.bool: np.bool_, trt.int8: np.int8, trt.uint8: np.uint8}
-if hasattr(trt, "bfloat16"):
-    _DTYPES[trt.bfloat16] = np.float32  # numpy has no bfloat16: evaluated in float32
-_DTYPES[trt.fp8] = _DTYPES[trt.fp4] = np.float32  # numpy has no FP8 or FP4: their values, exactly, in float32
-INT8_RANGE, FP8_MAX = (-128, 127), 448.0
+           trt.bool: np.bool_, trt.int8: np.int8, trt.uint8: np.uint8, trt.fp8: np.float32, trt.fp4: np.float32}
+if hasattr(trt, "bfloat16"):  # numpy has no bfloat16, FP8 or FP4: their values in float32 (FP8/FP4 exactly)
+    _DTYPES[trt.bfloat16] = np.float32
 
 
 def _int_div(a, b):
@@ -267,55 +267,17 @@ def _new_axes(axes, ndim):
     return sorted(int(a) + ndim if int(a) < 0 else int(a) for a in np.asarray(axes).reshape(-1))
 
 
-def _per_axis(layer, scale, shape):
-    """A quantize layer's scale: one value, one per index of the layer's axis, or (a scale of the input's rank)
-    one per block of the last axis, its block size the two shapes' ratio."""
-    scale, ndim = np.asarray(scale, dtype=np.float32), len(shape)
-    if scale.size == 1:
-        return scale.reshape(())
-    if scale.ndim == ndim and scale.ndim > 1:
-        return np.repeat(scale, shape[-1] // scale.shape[-1], axis=-1)
-    shape = [1] * ndim
-    shape[layer.axis] = scale.size
-    return scale.reshape(shape)
-
-
-def _quantize(layer, x, scale):
-    """TensorRT's quantize: x / scale rounded half to even and saturated (INT8), or cast to FP8 (saturated)."""
-    scaled = x.astype(np.float32) / _per_axis(layer, scale, x.shape)
-    if layer.to_type == trt.int8:
-        return np.clip(np.rint(scaled), *INT8_RANGE).astype(np.int8)
-    if layer.to_type == trt.fp8:
-        import torch
-
-        return torch.from_numpy(np.clip(scaled, -FP8_MAX, FP8_MAX)).to(torch.float8_e4m3fn).float().numpy()
-    raise NotImplementedError(f"quantize to {layer.to_type}")
-
-
-def _dequantize(layer, q, scale):
-    return (q.astype(np.float32) * _per_axis(layer, scale, q.shape)).astype(_DTYPES[layer.to_type])
-
-
-def _constant(layer, constants):
-    """A constant layer's value; numpy cannot read FP8 or FP4 weights, which `constants` gives by layer name."""
-    if layer.weights.dtype in (trt.fp8, trt.fp4):
-        if layer.name not in constants:
-            raise KeyError(f"{layer.weights.dtype} constant {layer.name}: give its value in `constants`")
-        return np.asarray(constants[layer.name], dtype=np.float32).reshape(tuple(layer.shape))
-    return np.asarray(layer.weights).reshape(tuple(layer.shape))
-
-
 def _evaluate_layer(layer, kind, args, constants):
     if kind == trt.LayerType.SHUFFLE:
         return _shuffle(layer, args[0], args[1] if len(args) > 1 else None)
     if kind == trt.LayerType.MATRIX_MULTIPLY:
         return _matmul(layer, *args)
     if kind == trt.LayerType.CONSTANT:
-        return _constant(layer, constants)
+        return constant(layer, constants)
     if kind == trt.LayerType.QUANTIZE:
-        return _quantize(layer, *args)
+        return quantize(layer, *args)
     if kind == trt.LayerType.DEQUANTIZE:
-        return _dequantize(layer, *args)
+        return dequantize(layer, *args, _DTYPES[layer.to_type])
     if kind == trt.LayerType.ELEMENTWISE:
         return _ELEMENTWISE[layer.op](*args)
     if kind == trt.LayerType.SHAPE:

@@ -1,0 +1,48 @@
+"""The quantization layers of trt_reference.py's evaluation: quantize, dequantize, and FP8/FP4 constants, from
+TensorRT's documented semantics (round half to even and saturate for INT8, saturating casts for FP8; a scale
+per tensor, per index of an axis, or per block of the last axis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorrt as trt
+
+INT8_RANGE, FP8_MAX = (-128, 127), 448.0
+
+
+def per_axis(layer, scale, shape):
+    """A quantize layer's scale: one value, one per index of the layer's axis, or (a scale of the input's rank)
+    one per block of the last axis, its block size the two shapes' ratio."""
+    scale, ndim = np.asarray(scale, dtype=np.float32), len(shape)
+    if scale.size == 1:
+        return scale.reshape(())
+    if scale.ndim == ndim and scale.ndim > 1:
+        return np.repeat(scale, shape[-1] // scale.shape[-1], axis=-1)
+    shape = [1] * ndim
+    shape[layer.axis] = scale.size
+    return scale.reshape(shape)
+
+
+def quantize(layer, x, scale):
+    """TensorRT's quantize: x / scale rounded half to even and saturated (INT8), or cast to FP8 (saturated)."""
+    scaled = x.astype(np.float32) / per_axis(layer, scale, x.shape)
+    if layer.to_type == trt.int8:
+        return np.clip(np.rint(scaled), *INT8_RANGE).astype(np.int8)
+    if layer.to_type == trt.fp8:
+        import torch
+
+        return torch.from_numpy(np.clip(scaled, -FP8_MAX, FP8_MAX)).to(torch.float8_e4m3fn).float().numpy()
+    raise NotImplementedError(f"quantize to {layer.to_type}")
+
+
+def dequantize(layer, q, scale, dtype):
+    return (q.astype(np.float32) * per_axis(layer, scale, q.shape)).astype(dtype)
+
+
+def constant(layer, constants):
+    """A constant layer's value; numpy cannot read FP8 or FP4 weights, which `constants` gives by layer name."""
+    if layer.weights.dtype in (trt.fp8, trt.fp4):
+        if layer.name not in constants:
+            raise KeyError(f"{layer.weights.dtype} constant {layer.name}: give its value in `constants`")
+        return np.asarray(constants[layer.name], dtype=np.float32).reshape(tuple(layer.shape))
+    return np.asarray(layer.weights).reshape(tuple(layer.shape))
