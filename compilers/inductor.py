@@ -171,8 +171,8 @@ def small_decode_options() -> dict:
 
 
 def decode_tuned_only(prefill: Callable, decode: Callable) -> Callable:
-    """One-token steps go to the tuned compile, longer ones (prefill, chunks) to the plain one: tuning pays
-    only in the step that runs at every token, and tuning the prefill graph too doubled the compile time."""
+    """One-token steps go to the tuned compile, longer ones (prefill, chunks) to the plain one: the tuning
+    pays in the step that runs at every token, and the prefill, run once, need not spend compile time on it."""
 
     def step(input_ids, *rest):
         return (decode if input_ids.shape[1] == 1 else prefill)(input_ids, *rest)
