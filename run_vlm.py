@@ -27,6 +27,7 @@ from generation.teacher_forced import forced_footnote, teacher_forced
 from load.models import check_positions, load_config
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
 from options import Options
+from quantize.checkpoint import checkpoint_quantization
 from report.table import report_benchmark, report_generation
 from report.timing import (
     copy_bandwidth_tb_s,
@@ -73,6 +74,9 @@ def main(options: Options) -> None:
     if family is None:
         raise UsageError(f"run_vlm.py supports Qwen2.5-VL and Eagle2, not {model_options.name} "
                          f"({getattr(config, 'model_type', '?')}); use run_llm.py for text-only models")
+    if not model_options.random_weights and checkpoint_quantization(config):
+        raise UsageError("run_vlm.py does not load pre-quantized checkpoints yet; run the unquantized model with "
+                         "--quant_format, or a pre-quantized LLM with run_llm.py")
     image = load_image(options.image_path)
     text_config = config.get_text_config()
     if run.benchmark:  # before --isl random tokens are drawn

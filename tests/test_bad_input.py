@@ -25,11 +25,17 @@ def folders(tmp_path):
     """Model folders and files the cases point at, made once per case under tmp_path/inputs."""
     from transformers import BertConfig, LlamaConfig, T5Config
 
+    from load.presets import builtin_config
+
     inputs = tmp_path / "inputs"
     for name, config in {"bert": BertConfig(), "t5": T5Config(),
                          "no-weights": LlamaConfig(num_hidden_layers=1, hidden_size=64, intermediate_size=128,
                                                    num_attention_heads=4, vocab_size=512)}.items():
         config.save_pretrained(inputs / name)
+    vlm = builtin_config("tiny-qwen2.5-vl")
+    vlm.quantization_config = {"quant_method": "modelopt", "quant_algo": "FP8"}
+    vlm.save_pretrained(inputs / "fp8-vlm")
+    (inputs / "fp8-vlm" / "model.safetensors").write_bytes(b"")  # a checkpoint's files, never read
     (inputs / "notes.png").write_text("not a picture")
     (inputs / "a-file").write_text("")
     return inputs
@@ -87,6 +93,7 @@ CASES = [
     ("run_llm.py", [*LLM, "--quant_algo", "smoothquant", "--calib_data", "text"], "need --quant_format"),
     ("run_vlm.py", [*VLM, "--quant_format", "int8", "--quant_algo", "smoothquant", "--weight_only"],
      "drop one of them"),
+    ("run_vlm.py", [*VLM, "--model", "{in}/fp8-vlm"], "does not load pre-quantized checkpoints yet"),
     ("run_vlm.py", [*VLM, "--model", "tiny-llama"], "use run_llm.py"),
     ("run_vlm.py", [*VLM, "--model", "tiny-eagle3"], "did you mean tiny-eagle2?"),
     ("run_vlm.py", [*VLM, "--model", "{in}/bert", "--random_weights"], "use run_llm.py"),
