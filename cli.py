@@ -26,6 +26,7 @@ from errors import UsageError, activity_of, logger
 from load.presets import TINY_PRESETS
 from options import (BASELINES, CACHES, CALIBRATION_DATA, COMPILER_LABELS, DTYPES, QUANT_ALGOS, QUANT_FORMATS,
                      CompileOptions, ModelOptions, Options, QuantOptions, RunOptions)
+from quantize import INSTALL_MODELOPT
 
 RTX_CAPABILITIES = {(8, 0), (8, 6), (8, 9)}  # and 12.0 onwards
 
@@ -168,8 +169,7 @@ def quant_options_of(args: argparse.Namespace, device: str) -> QuantOptions:
     if quant.format == "nvfp4":
         check_nvfp4_runs_here(device, quant.weight_only)
     if importlib.util.find_spec("modelopt") is None:
-        raise UsageError("--quant_format needs NVIDIA ModelOpt, which is not installed; "
-                         "pip install nvidia-modelopt==0.47.0 requests")
+        raise UsageError(f"--quant_format needs NVIDIA ModelOpt, which is not installed; {INSTALL_MODELOPT}")
     return quant
 
 

@@ -34,7 +34,7 @@ from options import BASELINES, Options
 from plugin.compile import compile_plugin_model
 from plugin.model import PluginCachedModel, PluginCausalLM, allocate_plugin_caches, generate_plugin
 from quantize.checkpoint import check_requested, checkpoint_quantization, load_prequantized
-from report.table import report_benchmark, report_generation
+from report.table import compiled_row_name, report_benchmark, report_generation
 from report.timing import copy_bandwidth_tb_s, decode_bytes_per_step, run_benchmark, token_agreement
 from utils import cached_model, compile_lowered, lower
 
@@ -114,7 +114,6 @@ def main(options: Options) -> None:
             model = compiled_model
     eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
     label = compile_options.label + ("-Plugin" if plugin else "")
-    quantized = f", {options.quant.short}" if options.quant.format else ""
 
     start = time.perf_counter()
     with stage(f"exporting and compiling the model ({label})"):
@@ -183,8 +182,7 @@ def main(options: Options) -> None:
         for baseline in run.baselines:
             with stage(f"benchmarking the {baseline} baseline"):
                 measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
-    compiled_row = label if plugin else f"{label}, {compile_options.cache or 'no cache'}{quantized}"
-    compiled_row += ", CUDA graphs" if compile_options.cudagraph else ""
+    compiled_row = compiled_row_name(options, label)
     with stage(f"benchmarking {compiled_row}"):
         measured[compiled_row] = measure(run_compiled, build_s=build_seconds, decode_bytes=decode_bytes_per_step(
             compiled_model, run.batch_size, run.isl, run.num_tokens))  # quantized weights read fewer bytes

@@ -28,7 +28,7 @@ from load.models import check_positions, load_config
 from load.tokenizer import eos_token_ids, load_tokenizer, pad_token_id
 from options import Options
 from quantize.checkpoint import checkpoint_quantization
-from report.table import report_benchmark, report_generation
+from report.table import compiled_row_name, report_benchmark, report_generation
 from report.timing import (
     copy_bandwidth_tb_s,
     decode_bytes_per_step,
@@ -157,9 +157,7 @@ def main(options: Options) -> None:
     if run.enable_pytorch_run:
         with stage("benchmarking the PyTorch reference"):
             measured[reference_row] = measure(run_pytorch)
-    quantized = f", {options.quant.short}" if options.quant.format else ""
-    row = f"{label}, {compile_options.cache or 'no cache'}{quantized}" + (", CUDA graphs" if compile_options.cudagraph
-                                                                         else "")
+    row = compiled_row_name(options, label)
     with stage(f"benchmarking {row}"):
         measured[row] = measure(run_compiled, build_s=build_seconds)
     measured[row].figures["vision_encoder_ms"] = summarize(vision_ms[-run.iterations:])

@@ -69,7 +69,7 @@ def _folder_of(name: str) -> str:
     return snapshot_download(name, allow_patterns=["*.json", "*.safetensors"])
 
 
-def load_prequantized(model: ModelOptions, config, auto_class=None) -> torch.nn.Module:
+def load_prequantized(model: ModelOptions, config) -> torch.nn.Module:
     """The checkpoint's model, each quantized linear a QuantizedLinear holding the saved tensors, the other
     weights in model.precision."""
     from transformers import AutoModelForCausalLM
@@ -78,7 +78,7 @@ def load_prequantized(model: ModelOptions, config, auto_class=None) -> torch.nn.
     config = type(config).from_dict({k: v for k, v in config.to_dict().items() if k != "quantization_config"})
     config._attn_implementation = "sdpa"
     with torch.device(model.device):
-        loaded = (auto_class or AutoModelForCausalLM).from_config(config, dtype=model.dtype)
+        loaded = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     names = sorted(key.removesuffix(".weight_scale") for key in state if key.endswith(".weight_scale"))
     if not names:
         raise UsageError(f"the checkpoint {model.name} says it is quantized but has no quantized weights "

@@ -19,6 +19,7 @@ import torch
 
 from errors import UsageError, logger
 from options import QuantOptions
+from quantize import INSTALL_MODELOPT
 from quantize.calibration import CalibrationData, calibration_batches
 from quantize.quantized_linear import NVFP4_BLOCK, QuantizedLinear
 
@@ -48,7 +49,7 @@ def _modelopt():
             from modelopt.torch.export import quant_utils
     except ImportError as error:
         raise UsageError(f"--quant_format needs NVIDIA ModelOpt ({error}); install it with "
-                         "pip install nvidia-modelopt==0.47.0 requests") from None
+                         f"{INSTALL_MODELOPT}") from None
     return mtq, quant_utils
 
 
@@ -88,14 +89,16 @@ def canonical_linear(module, quant_utils) -> QuantizedLinear | None:
                            None if pre_quant_scale is None else pre_quant_scale.detach().to(module.weight.dtype))
 
 
-def canonical_linears(calibrated: torch.nn.Module, quant_utils) -> dict[str, QuantizedLinear]:
+def canonical_linears(calibrated: torch.nn.Module) -> dict[str, QuantizedLinear]:
     """The canonical form of every linear ModelOpt quantized in `calibrated`, by module name."""
+    _, quant_utils = _modelopt()
     canonical = {}
-    for name, module in calibrated.named_modules():
-        if hasattr(module, "weight_quantizer"):
-            linear = canonical_linear(module, quant_utils)
-            if linear is not None:
-                canonical[name] = linear.to(module.weight.device)
+    with _quietly():
+        for name, module in calibrated.named_modules():
+            if hasattr(module, "weight_quantizer"):
+                linear = canonical_linear(module, quant_utils)
+                if linear is not None:
+                    canonical[name] = linear.to(module.weight.device)
     return canonical
 
 
@@ -130,13 +133,11 @@ def quantize_model(model: torch.nn.Module, quant: QuantOptions, max_seq_len: int
     unquantized reference. `forward(model, ids)` runs it on calibration tokens. ModelOpt calibrates a
     throw-away copy (it converts every module it touches), and only the canonical linears it yields go into
     a clean copy, which exports as any Hugging Face model does."""
-    _, quant_utils = _modelopt()
     batches = calibration_batches(quant.calib_data, model.config.get_text_config().vocab_size, max_seq_len,
                                   tokenizer, next(model.parameters()).device)
     logger.info("quantizing with ModelOpt: %s, calibrated on %s", quant.describe(), batches.description)
     calibrated = calibrated_with_modelopt(model, quant, batches, forward)
-    with _quietly():
-        linears = canonical_linears(calibrated, quant_utils)
+    linears = canonical_linears(calibrated)
     del calibrated
     if not linears:
         raise UsageError(f"ModelOpt quantized no linear layer of this model with {quant.describe()}")

@@ -65,6 +65,17 @@ def cache_write_of(options: Options) -> str:
     return "-"
 
 
+def compiled_row_name(options: Options, label: str) -> str:
+    """The benchmark table's row of the compiled model: compiler, cache (not for the plugin backend, which has
+    its own), quantization, CUDA graphs."""
+    parts = [label]
+    if options.backend != "plugin":
+        parts.append(options.compile.cache or "no cache")
+        parts += [options.quant.short] if options.quant.format else []
+    parts += ["CUDA graphs"] if options.compile.cudagraph else []
+    return ", ".join(parts)
+
+
 def print_generation(label: str, text: str) -> None:
     print(f"========= {label} =========")
     print(f"{label} model generated text: {text}")

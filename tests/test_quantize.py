@@ -50,8 +50,7 @@ def quantized_pair(family: str, quant: QuantOptions):
     model = fresh_model(family)
     batches = random_batches(model.config.vocab_size, 32, "cpu")
     calibrated = modelopt_quantize.calibrated_with_modelopt(model, quant, batches)
-    _, quant_utils = modelopt_quantize._modelopt()
-    canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated, quant_utils))
+    canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated))
     return calibrated, canonical, model
 
 
@@ -253,8 +252,7 @@ def test_the_inductor_step_of_a_quantized_model_generates_its_tokens_on_the_gpu(
     model = fresh_model("tiny-llama", "cuda")
     batches = random_batches(model.config.vocab_size, 32, "cuda")
     calibrated = modelopt_quantize.calibrated_with_modelopt(model, FORMATS[fmt][0], batches)
-    _, quant_utils = modelopt_quantize._modelopt()
-    canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated, quant_utils))
+    canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated))
     prompt_len, new_tokens = 10, 16
     gm = lowered_graph(canonical, 1, prompt_len + new_tokens, "static_v3")
     step = compile_with_inductor(gm, cudagraph=True)
@@ -285,8 +283,7 @@ def test_modelopts_nvfp4_weight_only_calibration_lowers_to_the_canonical_form():
     quant = QuantOptions("nvfp4", weight_only=True)
     model = fresh_model("tiny-llama", "cuda")
     calibrated = modelopt_quantize.calibrated_with_modelopt(model, quant, random_batches(512, 32, "cuda"))
-    _, quant_utils = modelopt_quantize._modelopt()
-    canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated, quant_utils))
+    canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated))
     ids = ids_for(model).cuda()
     with torch.no_grad():
         actual, expected = canonical(input_ids=ids).logits, calibrated(input_ids=ids).logits

@@ -26,7 +26,7 @@ _BUILT: dict = {}
 
 
 def built(family: str, fmt: str):
-    """(quantized lowered static_v3 graph, its compiled module, the unquantized engine's size), built once."""
+    """(quantized lowered static_v3 graph, its compiled module), built once per family and format."""
     import_torch_tensorrt()
     if (family, fmt) not in _BUILT:
         gm = lowered_graph(canonical_model(family, fmt), 1, 24, "static_v3")

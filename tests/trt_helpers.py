@@ -104,7 +104,7 @@ def network_of_engine(engine_module):
     return _NETWORKS[_digest(engine_module.serialized_engine)].ctx.net
 
 
-def fp8_constants_of_engine(engine_module) -> dict[str, np.ndarray]:
+def fp8_and_fp4_constants_of_engine(engine_module) -> dict[str, np.ndarray]:
     """The FP8 and FP4 weights the engine's network was given, by constant layer name, as float32 values:
     Torch-TensorRT records every constant's tensor as `<layer name> CONSTANT` (numpy cannot read FP8 or FP4
     weights back from the network). FP4 comes packed two a byte; ModelOpt's NVFP4 tensor unpacks it."""
@@ -137,7 +137,7 @@ def _evaluated_forward(self, *inputs):
     bound = dict(zip(self.input_binding_names, inputs))
     feeds = {name: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
              for name, value in bound.items()}
-    values = evaluate(network_of_engine(self), feeds, fp8_constants_of_engine(self))
+    values = evaluate(network_of_engine(self), feeds, fp8_and_fp4_constants_of_engine(self))
     for output_name, (input_name, _) in self.aliased_io.items():
         bound[input_name].copy_(torch.from_numpy(values[output_name]))
     names = self.output_binding_names[:user_output_count(self.output_binding_names, self.aliased_io)]
