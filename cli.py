@@ -23,6 +23,7 @@ import torch
 from compilers.engine_cache import DEFAULT_ENGINE_CACHE_DIR
 from compilers.inductor_cache import DEFAULT_INDUCTOR_CACHE_DIR, use_inductor_cache
 from errors import UsageError, activity_of, logger
+from generation.baselines import INSTALL_TORCHAO
 from load.presets import TINY_PRESETS
 from options import (BASELINES, CACHES, CALIBRATION_DATA, COMPILER_LABELS, DTYPES, QUANT_ALGOS, QUANT_FORMATS,
                      CompileOptions, ModelOptions, Options, QuantOptions, RunOptions)
@@ -133,7 +134,11 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
         gpu_benchmark = args.benchmark and on_gpu
         baselines = default_baselines or (("hf_dynamic", "hf_static", "hf_compiled_step") if gpu_benchmark
                                           else ("hf_dynamic",))
-    inductor_compiles = args.compiler == "inductor" or bool({"hf_static", "hf_compiled_step"} & set(baselines))
+    if "torchao_int8_step" in baselines and importlib.util.find_spec("torchao") is None:
+        raise UsageError(f"the torchao_int8_step baseline needs torchao, which is not installed ({INSTALL_TORCHAO}); "
+                         "or leave it out of --baselines")
+    compiled_baselines = {"hf_static", "hf_compiled_step", "torchao_int8_step"}
+    inductor_compiles = args.compiler == "inductor" or bool(compiled_baselines & set(baselines))
     if inductor_compiles:  # set for the whole process here: the baselines' torch.compile uses it too
         check_cache_dir(args.inductor_cache_dir, "--inductor_cache_dir")
         use_inductor_cache(args.inductor_cache_dir)

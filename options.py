@@ -18,6 +18,7 @@ CACHES = ("static_v1", "static_v2", "static_v3")
 BASELINES = {"hf_dynamic": "HF generate, dynamic cache",
              "hf_static": "HF generate, static cache compiled by HF",
              "hf_compiled_step": "HF forward + StaticCache, decode step torch.compiled",
+             "torchao_int8_step": "HF forward + StaticCache, torchao int8 weight-only, decode step torch.compiled",
              "no_cache": "HF forward on the whole sequence per token, no cache"}
 
 

@@ -25,7 +25,7 @@ import plugin_utils
 from cli import add_common_arguments, new_parser, run_main
 from errors import doing, logger, stage
 from export import export_llm
-from generation.baselines import HFCompiledStep, hf_forward_no_cache, hf_generate
+from generation.baselines import HFCompiledStep, hf_forward_no_cache, hf_generate, torchao_int8_weight_only
 from generation.loops import Prompt, StopRule, generate_no_cache, generate_static_cache
 from generation.teacher_forced import forced_footnote, reference_logits, teacher_forced
 from load.models import check_llm_family, check_positions, load_config, load_model
@@ -150,8 +150,11 @@ def main(options: Options) -> None:
             return teacher_forced(step, Prompt.text(reference[:, :prompt_len]), reference, expected, stepwise,
                                   [] if run.benchmark else eos)
 
-    def pytorch_run(baseline: str) -> Callable:
-        compiled_step = HFCompiledStep(model, max_seq_len) if baseline == "hf_compiled_step" else None
+    def pytorch_run(baseline: str) -> tuple[Callable, torch.nn.Module]:
+        """The baseline's generation, and the model it runs (torchao's int8 copy for torchao_int8_step)."""
+        step_model = torchao_int8_weight_only(model) if baseline == "torchao_int8_step" else model
+        compiled_step = HFCompiledStep(step_model, max_seq_len) \
+            if baseline in ("hf_compiled_step", "torchao_int8_step") else None
 
         def run_baseline(on_first_token=None) -> torch.Tensor:
             if baseline in ("hf_dynamic", "hf_static"):
@@ -163,11 +166,11 @@ def main(options: Options) -> None:
                                                  on_first_token)
                 return generate_no_cache(hf_forward_no_cache(model), Prompt.text(input_ids), run.num_tokens,
                                          stop_rule(), on_first_token)
-        return run_baseline
+        return run_baseline, step_model
 
     if not run.benchmark:
         with stage("generating"):
-            reference = pytorch_run(run.baselines[0])() if run.enable_pytorch_run else None
+            reference = pytorch_run(run.baselines[0])[0]() if run.enable_pytorch_run else None
             tokens = run_compiled()
         forced = compare_forced(reference) if reference is not None else None
         report_generation(options, label, partial(tokenizer.decode, skip_special_tokens=True),
@@ -181,7 +184,10 @@ def main(options: Options) -> None:
     if run.enable_pytorch_run:
         for baseline in run.baselines:
             with stage(f"benchmarking the {baseline} baseline"):
-                measured[f"PyTorch ({BASELINES[baseline]})"] = measure(pytorch_run(baseline))
+                generate, step_model = pytorch_run(baseline)
+                measured[f"PyTorch ({BASELINES[baseline]})"] = measure(generate, decode_bytes=decode_bytes_per_step(
+                    step_model, run.batch_size, run.isl, run.num_tokens))
+                del generate, step_model  # a quantized baseline's copy of the model is freed before the next row
     compiled_row = compiled_row_name(options, label)
     with stage(f"benchmarking {compiled_row}"):
         measured[compiled_row] = measure(run_compiled, build_s=build_seconds, decode_bytes=decode_bytes_per_step(

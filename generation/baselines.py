@@ -2,16 +2,20 @@
 
 `hf_generate` is the model's generate (dynamic or static cache); `HFCompiledStep` is the recipe of
 Hugging Face's documentation for fast generation (StaticCache, the decode step torch.compiled);
+`torchao_int8_weight_only` gives that step int8 weights through torchao, the quantized baseline;
 `hf_forward_no_cache` runs the whole sequence through the model at every token.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
 
 from generation.loops import StopRule
+
+INSTALL_TORCHAO = "pip install -r requirements-quant.txt (torchao 0.18.0)"
 
 
 def hf_forward_no_cache(model) -> Callable:
@@ -45,6 +49,21 @@ class HFCompiledStep:
         forward = self.model if start == 0 else self.decode_step
         return forward(input_ids=input_ids, position_ids=position_ids, past_key_values=self.cache, use_cache=True,
                        logits_to_keep=1).logits
+
+
+def torchao_int8_weight_only(model):
+    """A copy of `model` whose linears torchao stores as int8 weights with per-channel scales (weight-only).
+
+    torchao's own int8 weight-only recipe (`quantize_` with `Int8WeightOnlyConfig`), the one its
+    documentation pairs with torch.compile. lm_head stays in the model's precision, as in ModelOpt's
+    configurations, so both read the same bytes per step.
+    """
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantized = copy.deepcopy(model)
+    quantize_(quantized, Int8WeightOnlyConfig(),
+              filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"))
+    return quantized
 
 
 class _FirstTokenStreamer:

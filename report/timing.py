@@ -128,6 +128,14 @@ def achieved_bandwidth_tb_s(bytes_per_step: float, step_ms: float) -> float:
     return bytes_per_step / (step_ms / 1e3) / 1e12
 
 
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """The bytes a tensor holds; a tensor subclass (torchao's quantized weights) holds them in its inner tensors."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(stored_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
 def decode_bytes_per_step(model, batch_size: int, isl: int, new_tokens: int) -> float:
     """Bytes one decode step must read: the weights it multiplies by, and the K/V of the average context.
 
@@ -135,7 +143,7 @@ def decode_bytes_per_step(model, batch_size: int, isl: int, new_tokens: int) -> 
     """
     embedding = model.get_input_embeddings().weight
     tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embedding
-    weights = sum(p.numel() * p.element_size() for p in model.parameters() if tied or p is not embedding)
+    weights = sum(stored_bytes(p) for p in model.parameters() if tied or p is not embedding)
     config = model.config.get_text_config()
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     average_context = isl + new_tokens / 2
