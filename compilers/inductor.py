@@ -30,7 +30,7 @@ from torch.fx import GraphModule
 from compilers.decode_tuning import Attention, DecodeTuning, choose_attention
 from compilers.in_place_step import InPlaceCacheStep
 from compilers.kernel_timer import tuned_by_kernel_time
-from quantize.quantized_linear import QUANTIZED_LINEAR, dequantized_weight, fake_quantize
+from quantize.quantized_linear import FP8_MAX, QUANTIZED_LINEAR, dequantized_weight, fake_quantize
 from register_sdpa import as_sdpa_output_layout, attention_nodes, attention_reference, causal_mask
 from static_cache_common import cache_inputs
 from static_cache_v3 import takes_cache_position
@@ -124,9 +124,49 @@ def quantized_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+def fp8_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                            input_scale: torch.Tensor, bias: torch.Tensor | None,
+                            weight_scale_2: torch.Tensor | None = None) -> torch.Tensor:
+    """A linear whose weights and activations are FP8 with per-tensor scales: several rows are quantized to FP8
+    and multiplied on FP8 tensor cores by torch._scaled_mm, which applies both scales; one row on a GPU is the
+    written-out product of quantized_linear_for_inductor."""
+    rows = x.reshape(-1, x.shape[-1])
+    if _one_row_on_gpu(rows):
+        return quantized_linear_for_inductor(x, weight, weight_scale, input_scale, bias)
+    quantized = (rows.float() / input_scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    fused_bias = bias if x.dtype in (torch.float16, torch.bfloat16) else None  # _scaled_mm adds no bias in FP32
+    out = torch._scaled_mm(quantized, weight.t(), scale_a=input_scale.float().reshape(()),
+                           scale_b=weight_scale.float().reshape(()), bias=fused_bias, out_dtype=x.dtype)
+    if bias is not None and fused_bias is None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def fp8_tensor_cores(device: torch.device) -> bool:
+    """Whether torch._scaled_mm runs FP8 products here: the CPU, or a GPU of compute capability 8.9 or newer."""
+    return device.type == "cpu" or (device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9))
+
+
+def _attribute(gm: GraphModule, arg) -> torch.Tensor | None:
+    """The tensor a get_attr argument names (a weight or a scale); None for anything else."""
+    if not isinstance(arg, torch.fx.Node) or arg.op != "get_attr":
+        return None
+    owner, _, name = arg.target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name)
+
+
+def _takes_scaled_mm(gm: GraphModule, node) -> bool:
+    """An FP8 linear with quantized activations, per-tensor scales and sizes torch._scaled_mm takes (multiples
+    of 16), on a device that runs it."""
+    weight, weight_scale, input_scale = (_attribute(gm, arg) for arg in node.args[1:4])
+    return (weight is not None and weight.dtype == torch.float8_e4m3fn and input_scale is not None
+            and weight_scale.numel() == 1 and input_scale.numel() == 1
+            and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0 and fp8_tensor_cores(weight.device))
+
+
 def open_quantized_linears(gm: GraphModule) -> GraphModule:
     for node in gm.graph.find_nodes(op="call_function", target=QUANTIZED_LINEAR):
-        node.target = quantized_linear_for_inductor
+        node.target = fp8_linear_for_inductor if _takes_scaled_mm(gm, node) else quantized_linear_for_inductor
     gm.recompile()
     return gm
 

@@ -322,3 +322,45 @@ def test_run_vlm_quantizes_the_language_model(family):
     forced = re.search(r"relative logit error (\S+)", result.stdout.splitlines()[-2])
     assert forced and 0 < float(forced.group(1)) < 0.1
 
+
+
+def _fp8_graph_and_reference():
+    """The lowered FP8 (weights and activations) graph opened for inductor, ModelOpt's model, and inputs."""
+    from compilers.inductor import open_quantized_linears
+
+    calibrated, canonical, model = quantized_pair("tiny-llama", FORMATS["fp8"][0])
+    ids, positions = ids_for(model), torch.arange(24).expand(2, -1)
+    with torch.no_grad():
+        expected = calibrated(input_ids=ids).logits[:, -1]
+    return open_quantized_linears(lowered_graph(canonical, 2, 32, "")), expected, ids, positions
+
+
+def test_fp8_activations_multiply_on_scaled_mm_and_compute_what_modelopt_computes(monkeypatch):
+    """Under inductor an FP8 linear with FP8 activations is one torch._scaled_mm over the FP8 tensors (per-tensor
+    scales), and the graph, compiled, still gives ModelOpt's logits."""
+    from compilers.inductor import compile_with_inductor, fp8_linear_for_inductor
+
+    gm, expected, ids, positions = _fp8_graph_and_reference()
+    nodes = [node for node in gm.graph.nodes if node.target is fp8_linear_for_inductor]
+    assert len(nodes) == 7 * 2  # every projection of the two layers
+    calls, scaled_mm = [], torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, **kw: calls.append(a.dtype) or scaled_mm(a, b, **kw))
+    with torch.no_grad():
+        eager = gm(ids, positions)[0][:, -1]
+    assert calls == [torch.float8_e4m3fn] * len(nodes)
+    monkeypatch.setattr(torch, "_scaled_mm", scaled_mm)
+    with torch.no_grad():
+        compiled = compile_with_inductor(gm)(ids, positions)[0][:, -1]
+    assert relative_error(eager, expected) < 1e-5
+    assert relative_error(compiled, expected) < 1e-5
+
+
+def test_a_wrong_scale_in_the_scaled_mm_product_is_caught():
+    from compilers.inductor import fp8_linear_for_inductor
+
+    gm, expected, ids, positions = _fp8_graph_and_reference()
+    node = next(node for node in gm.graph.nodes if node.target is fp8_linear_for_inductor)
+    owner, _, name = node.args[2].target.rpartition(".")
+    getattr(gm.get_submodule(owner) if owner else gm, name).mul_(2)
+    with torch.no_grad():
+        assert relative_error(gm(ids, positions)[0][:, -1], expected) > 1e-2
