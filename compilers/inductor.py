@@ -70,9 +70,12 @@ def attention_for_inductor(tuning: DecodeTuning = DecodeTuning(), tuned_step: bo
     return attention
 
 
-def product_as_sums(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] @ weight_t [K, N] (+ bias [N]) as sums of products over K, accumulated in float32."""
+def product_as_sums(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None,
+                    scale: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] @ weight_t [K, N] (times scale, [N] or one value) (+ bias [N]) as sums of products over K,
+    accumulated in float32."""
     out = (x.float().unsqueeze(1) * weight_t.t().float().unsqueeze(0)).sum(-1)  # [M, N]
+    out = out if scale is None else out * scale.float()
     return (out if bias is None else out + bias.float()).to(x.dtype)
 
 
@@ -112,12 +115,11 @@ def quantized_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_
         x = fake_quantize(x, input_scale, weight.dtype)
     rows = x.reshape(-1, x.shape[-1])
     if _one_row_on_gpu(rows):
-        if weight.dtype == torch.uint8:
-            dequantized = dequantized_weight(weight, weight_scale, torch.float32, weight_scale_2)
-            out = (rows.float().unsqueeze(1) * dequantized.unsqueeze(0)).sum(-1)
+        if weight.dtype == torch.uint8:  # NVFP4: the block scales inside the sums
+            out = product_as_sums(rows, dequantized_weight(weight, weight_scale, torch.float32, weight_scale_2).t(),
+                                  bias)
         else:
-            out = (rows.float().unsqueeze(1) * weight.float().unsqueeze(0)).sum(-1) * weight_scale.float()
-        out = (out if bias is None else out + bias.float()).to(x.dtype)
+            out = product_as_sums(rows, weight.t(), bias, scale=weight_scale)
     else:
         weight = dequantized_weight(weight, weight_scale, x.dtype, weight_scale_2)
         out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())

@@ -364,3 +364,33 @@ def test_a_wrong_scale_in_the_scaled_mm_product_is_caught():
     getattr(gm.get_submodule(owner) if owner else gm, name).mul_(2)
     with torch.no_grad():
         assert relative_error(gm(ids, positions)[0][:, -1], expected) > 1e-2
+
+
+def _one_row_cases():
+    """(weight, weight_scale, weight_scale_2) per stored format, N = 48 outputs, K = 64 inputs."""
+    g = torch.Generator().manual_seed(5)
+    int8 = torch.randint(-127, 128, (48, 64), generator=g, dtype=torch.int8)
+    fp8 = (torch.randn(48, 64, generator=g) * 100).to(torch.float8_e4m3fn)
+    nvfp4 = torch.randint(0, 256, (48, 32), generator=g, dtype=torch.uint8)
+    block_scales = (torch.rand(48, 4, generator=g) * 4 + 0.5).to(torch.float8_e4m3fn)
+    return {"int8": (int8, torch.rand(48, generator=g) / 100, None),
+            "fp8": (fp8, torch.tensor(0.003), None),
+            "nvfp4": (nvfp4, block_scales, torch.tensor(0.02))}
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "nvfp4"])
+def test_the_written_out_one_row_product_computes_the_op(monkeypatch, fmt):
+    """The decode step's one-row quantized product (sums over the stored weight, its scales applied as the format
+    says) against the op's own definition; a scale left out is caught."""
+    from compilers import inductor
+    from quantize.quantized_linear import quantized_linear_reference
+
+    monkeypatch.setattr(inductor, "_one_row_on_gpu", lambda rows: rows.shape[0] == 1)  # the GPU branch, here
+    weight, weight_scale, weight_scale_2 = _one_row_cases()[fmt]
+    x, bias = torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(6)), torch.randn(48)
+    expected = quantized_linear_reference(x, weight, weight_scale, None, bias, weight_scale_2)
+    actual = inductor.quantized_linear_for_inductor(x, weight, weight_scale, None, bias, weight_scale_2)
+    assert relative_error(actual, expected) < 1e-6
+    doubled = (weight_scale.float() * 2).to(weight_scale.dtype)
+    wrong = inductor.quantized_linear_for_inductor(x, weight, doubled, None, bias, weight_scale_2)
+    assert relative_error(wrong, expected) > 0.1
