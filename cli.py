@@ -29,6 +29,10 @@ from options import (BASELINES, CACHES, CALIBRATION_DATA, COMPILER_LABELS, DTYPE
                      CompileOptions, ModelOptions, Options, QuantOptions, RunOptions)
 from quantize import INSTALL_MODELOPT
 
+# Where torchao is installed, transformers imports it, and torch warns that torchao registers its enums in a way
+# torch now deprecates: a notice for torchao's authors that would start every run.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
 RTX_CAPABILITIES = {(8, 0), (8, 6), (8, 9)}  # and 12.0 onwards
 
 
