@@ -4,6 +4,9 @@
         --models Qwen/Qwen2.5-0.5B-Instruct meta-llama/Llama-3.2-1B-Instruct meta-llama/Llama-3.1-8B-Instruct \\
         --shapes 128/128 2048/128 --batch_sizes 1 8
 
+    python benchmarks/run_grid.py --out results/ --models meta-llama/Llama-3.1-8B-Instruct --iterations 3 \\
+        --quantizations none int8_weight_only fp8_weight_only --baselines hf_compiled_step torchao_int8_step
+
 Every configuration runs in its own process (a fresh GPU state, its own compile), with random
 weights in FP16 unless told otherwise, and writes its JSON and its output (.log) next to the
 table. Each row of results.md carries the command that produced it. With --resume, a grid that was
@@ -43,6 +46,16 @@ def positive(text: str) -> int:
     return int(text)
 
 
+QUANTIZATIONS = {  # --quantizations: the run_llm.py flags of each
+    "none": [],
+    "int8_weight_only": ["--quant_format", "int8", "--weight_only"],
+    "fp8_weight_only": ["--quant_format", "fp8", "--weight_only"],
+    "int8": ["--quant_format", "int8"],
+    "int8_smoothquant": ["--quant_format", "int8", "--quant_algo", "smoothquant"],
+    "fp8": ["--quant_format", "fp8"],
+}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = new_parser("run_grid.py", __doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for the JSON files and results.md (made if missing)")
@@ -58,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--baselines", nargs="*", choices=list(BASELINES),
                         default=["hf_dynamic", "hf_static", "hf_compiled_step"],
                         help="PyTorch baselines measured in the same run (none: no baseline)")
+    parser.add_argument("--quantizations", nargs="+", choices=list(QUANTIZATIONS), default=["none"],
+                        help="each model also quantized so (ModelOpt; none: as it is), one configuration each")
     parser.add_argument("--timeout", type=positive, default=1800, help="seconds per configuration")
     parser.add_argument("--resume", action="store_true",
                         help="keep the configurations whose JSON in --out came from the same command; run the rest")
@@ -78,10 +93,12 @@ def check_grid(args: argparse.Namespace) -> None:
                              "add --no-cudagraph to run on this machine")
 
 
-def command_for(args: argparse.Namespace, model: str, isl: int, osl: int, batch_size: int, json_path: str) -> list[str]:
+def command_for(args: argparse.Namespace, model: str, isl: int, osl: int, batch_size: int, json_path: str,
+                quantization: str = "none") -> list[str]:
     command = ["python", "run_llm.py", "--model", model, "--random_weights", "--precision", args.precision,
                "--compiler", args.compiler, "--cache", args.cache, "--benchmark", "--isl", str(isl),
-               "--num_tokens", str(osl), "--batch_size", str(batch_size), "--iterations", str(args.iterations)]
+               "--num_tokens", str(osl), "--batch_size", str(batch_size), "--iterations", str(args.iterations),
+               *QUANTIZATIONS[quantization]]
     if args.cudagraph:
         command.append("--cudagraph")
     if args.baselines:
@@ -143,30 +160,32 @@ def main(args: argparse.Namespace) -> None:
     check_grid(args)
     os.makedirs(args.out, exist_ok=True)
     rows, failures, total = [], [], 0
-    for model in args.models:
-        for isl, osl in args.shapes:
-            for batch_size in args.batch_sizes:
-                total += 1
-                json_path = os.path.join(args.out, f"{model.replace('/', '_')}_b{batch_size}_{isl}_{osl}.json")
-                command = command_for(args, model, isl, osl, batch_size, json_path)
-                shown = shlex.join(command[:-2])
-                configuration = f"{model} | {batch_size} | {isl}/{osl}"
-                results = measured_before(json_path, shown) if args.resume else None
-                failure = None
-                if results is not None:
-                    print(f"kept: {json_path}", flush=True)
-                else:
-                    print(f"running: {shown}", flush=True)
-                    failure = run_configuration(command, json_path, args.timeout)
-                    results = read_results(json_path) if failure is None else None
-                    if failure is None and results is None:
-                        failure = f"failed: {json_path} was not written or is unreadable"
-                if failure is not None:
-                    print(failure, file=sys.stderr)
-                    failures.append(f"{configuration}: {failure}")
-                    rows.append((configuration, "", failure, shown))
-                    continue
-                rows += [(configuration, backend, figures, shown) for backend, figures in results["results"].items()]
+    configurations = [(model, isl, osl, batch_size, quantization) for model in args.models
+                      for quantization in args.quantizations for isl, osl in args.shapes
+                      for batch_size in args.batch_sizes]
+    for model, isl, osl, batch_size, quantization in configurations:
+        total += 1
+        suffix = "" if quantization == "none" else f"_{quantization}"
+        json_path = os.path.join(args.out, f"{model.replace('/', '_')}_b{batch_size}_{isl}_{osl}{suffix}.json")
+        command = command_for(args, model, isl, osl, batch_size, json_path, quantization)
+        shown = shlex.join(command[:-2])
+        configuration = f"{model} | {batch_size} | {isl}/{osl}"
+        results = measured_before(json_path, shown) if args.resume else None
+        failure = None
+        if results is not None:
+            print(f"kept: {json_path}", flush=True)
+        else:
+            print(f"running: {shown}", flush=True)
+            failure = run_configuration(command, json_path, args.timeout)
+            results = read_results(json_path) if failure is None else None
+            if failure is None and results is None:
+                failure = f"failed: {json_path} was not written or is unreadable"
+        if failure is not None:
+            print(failure, file=sys.stderr)
+            failures.append(f"{configuration}: {failure}")
+            rows.append((configuration, "", failure, shown))
+            continue
+        rows += [(configuration, backend, figures, shown) for backend, figures in results["results"].items()]
     text = table(rows)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text + "\n")

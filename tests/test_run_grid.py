@@ -76,3 +76,34 @@ def test_out_is_the_callers_folder(tmp_path, monkeypatch):
     run_grid = script_module("benchmarks", "run_grid.py")
     monkeypatch.chdir(tmp_path)
     assert run_grid.parse_args(["--out", "results", *GRID]).out == str(tmp_path / "results")
+
+
+@pytest.mark.parametrize("quantization, expected", [
+    ("none", (None, "max", False)), ("int8_weight_only", ("int8", "max", True)),
+    ("fp8_weight_only", ("fp8", "max", True)), ("int8", ("int8", "max", False)),
+    ("int8_smoothquant", ("int8", "smoothquant", False)), ("fp8", ("fp8", "max", False))])
+def test_each_quantization_is_run_llm_flags_that_ask_for_it(quantization, expected):
+    """A grid's quantization becomes run_llm.py flags that its own parser reads as that quantization."""
+    import cli
+
+    run_grid = script_module("benchmarks", "run_grid.py")
+    args = run_grid.parse_args(["--out", "results", *GRID, "--quantizations", quantization])
+    command = run_grid.command_for(args, "tiny-llama", 8, 4, 1, "out.json", quantization)
+    parsed = script_module("run_llm.py").build_parser().parse_args(command[2:])
+    quant = cli.quant_options_of(parsed, "cpu")
+    assert (quant.format, quant.algo, quant.weight_only) == expected
+
+
+def test_each_quantization_is_its_own_configuration(tmp_path, monkeypatch):
+    """One JSON and one command per model and quantization; the unquantized one keeps its plain file name."""
+    run_grid = script_module("benchmarks", "run_grid.py")
+    runs = []
+    monkeypatch.setattr(run_grid, "run_configuration", lambda command, path, _: runs.append((command, path))
+                        or "failed: not run")
+    with pytest.raises(SystemExit):
+        run_grid.main(run_grid.parse_args(["--out", str(tmp_path), *GRID,
+                                           "--quantizations", "none", "int8_weight_only"]))
+    assert [os.path.basename(path) for _, path in runs] == ["tiny-llama_b1_8_4.json",
+                                                             "tiny-llama_b1_8_4_int8_weight_only.json"]
+    assert "--quant_format" not in runs[0][0]
+    assert " --quant_format int8 --weight_only " in " ".join(runs[1][0])
