@@ -9,8 +9,10 @@ canonical form's own tensors, so loading is a matter of putting them in place.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
+from typing import Iterator
 
 import torch
 
@@ -69,6 +71,23 @@ def _folder_of(name: str) -> str:
     return snapshot_download(name, allow_patterns=["*.json", "*.safetensors"])
 
 
+@contextlib.contextmanager
+def _linear_weights_on_meta() -> Iterator[None]:
+    """nn.Linear layers built inside hold their weights on the meta device, which takes no memory: a pre-quantized
+    checkpoint replaces most of them and loads the rest, so the full-precision model is never allocated. Everything
+    else is built as usual, so the buffers a model computes rather than loads (rotary frequencies) are real."""
+    build = torch.nn.Linear.__init__
+
+    def on_meta(self, in_features, out_features, bias=True, device=None, dtype=None):
+        build(self, in_features, out_features, bias, device="meta", dtype=dtype)
+
+    torch.nn.Linear.__init__ = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Linear.__init__ = build
+
+
 def load_prequantized(model: ModelOptions, config) -> torch.nn.Module:
     """The checkpoint's model, each quantized linear a QuantizedLinear holding the saved tensors, the other
     weights in model.precision."""
@@ -77,7 +96,7 @@ def load_prequantized(model: ModelOptions, config) -> torch.nn.Module:
     state = _state_dict(_folder_of(model.name))
     config = type(config).from_dict({k: v for k, v in config.to_dict().items() if k != "quantization_config"})
     config._attn_implementation = "sdpa"
-    with torch.device(model.device):
+    with torch.device(model.device), _linear_weights_on_meta():
         loaded = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     names = sorted(key.removesuffix(".weight_scale") for key in state if key.endswith(".weight_scale"))
     if not names:
@@ -91,14 +110,16 @@ def load_prequantized(model: ModelOptions, config) -> torch.nn.Module:
                                  in_precision["bias"], in_precision["pre_quant_scale"], tensors["weight_scale_2"])
         parent, _, child = name.rpartition(".")
         setattr(loaded.get_submodule(parent), child, linear.to(model.device))
-    missing, unexpected = loaded.load_state_dict({k: v.to(model.dtype) for k, v in state.items()}, strict=False)
+    missing, unexpected = loaded.load_state_dict({k: v.to(model.device, model.dtype) for k, v in state.items()},
+                                                 strict=False, assign=True)
     quantized = {f"{name}.{part}" for name in names for part in QUANTIZED_TENSORS}
     missing = [key for key in missing if key not in quantized and not key.endswith("lm_head.weight")]
+    if getattr(config, "tie_word_embeddings", False):
+        loaded.tie_weights()
+    missing += [name for name, tensor in loaded.state_dict().items() if tensor.is_meta and name not in missing]
     if missing or unexpected:
         raise UsageError(f"the pre-quantized checkpoint {model.name} does not fit its config: "
                          f"{len(missing)} weight(s) missing (first: {missing[:1]}), {len(unexpected)} unexpected "
                          f"(first: {unexpected[:1]})")
-    if getattr(config, "tie_word_embeddings", False):
-        loaded.tie_weights()
     logger.info("loaded a pre-quantized ModelOpt checkpoint: %d linear layers in %s", len(names), linear.format)
     return loaded.eval()

@@ -221,6 +221,47 @@ def test_a_prequantized_checkpoint_loads_as_modelopt_saved_it(fmt, tmp_path):
     assert relative_error(actual, expected) < 1e-5
 
 
+class _Allocations(torch.utils._python_dispatch.TorchDispatchMode):
+    """The shapes of the floating-point tensors allocated (not on the meta device) while it is on."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if (func in (torch.ops.aten.empty.memory_format, torch.ops.aten.empty_strided.default)
+                and not out.is_meta and out.is_floating_point()):
+            self.shapes.add(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("loading", ["checkpoint", "full-precision build"])
+def test_a_prequantized_checkpoint_never_allocates_its_linears_in_full_precision(loading, tmp_path):
+    """Loading an FP8 checkpoint allocates no floating-point tensor of a quantized linear's weight shape (the model
+    is never built in full precision first); the check sees the ones a plain build of the model allocates."""
+    from transformers import AutoModelForCausalLM
+
+    from load.models import load_config
+    from options import ModelOptions
+    from quantize.checkpoint import load_prequantized
+
+    exported_checkpoint(tmp_path, "fp8")
+    options = ModelOptions(str(tmp_path), "FP32")
+    config = load_config(options)
+    allocations = _Allocations()
+    with allocations:
+        if loading == "checkpoint":
+            loaded = load_prequantized(options, config)
+        else:
+            loaded = AutoModelForCausalLM.from_config(config)
+    linear_shapes = {tuple(m.weight.shape) for m in fresh_model("tiny-llama").modules()
+                     if isinstance(m, torch.nn.Linear) and m.weight.shape[0] != config.vocab_size}
+    full_precision_linears = linear_shapes & allocations.shapes
+    assert (full_precision_linears == set()) == (loading == "checkpoint"), full_precision_linears
+    assert not any(tensor.is_meta for tensor in loaded.state_dict().values())
+
+
 def test_a_prequantized_checkpoint_runs_as_a_user_runs_it(tmp_path):
     from test_cli import assert_usage_error, run_llm
 
