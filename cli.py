@@ -146,6 +146,8 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
     if inductor_compiles:  # set for the whole process here: the baselines' torch.compile uses it too
         check_cache_dir(args.inductor_cache_dir, "--inductor_cache_dir")
         use_inductor_cache(args.inductor_cache_dir)
+        if not on_gpu:  # inductor's C++ build notes on every CPU run that there is no CUDA runtime
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     model = ModelOptions(args.model, args.precision, device, args.random_weights, args.tokenizer)
     compile_options = CompileOptions(args.compiler, args.cache, cuda_graphs_of(args, on_gpu), args.min_block_size,
                                      engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir)

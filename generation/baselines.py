@@ -9,6 +9,7 @@ Hugging Face's documentation for fast generation (StaticCache, the decode step t
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable
 
 import torch
@@ -60,6 +61,9 @@ def torchao_int8_weight_only(model):
     """
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
+    # torch.compile notes, once per run, that torchao's weight class cannot key its autograd cache: not the user's
+    # business, and inductor's own cache still keys the compiled step
+    warnings.filterwarnings("ignore", message=".*does not implement _stable_hash_for_caching")
     quantized = copy.deepcopy(model)
     quantize_(quantized, Int8WeightOnlyConfig(),
               filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"))

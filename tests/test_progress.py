@@ -46,3 +46,15 @@ def test_a_run_prints_progress_unless_quiet(capsys, quiet):
     else:
         assert "INFO: exporting and compiling the model (Eager) ..." in progress
         assert any(line.startswith("INFO: exporting and compiling the model (Eager): done in ") for line in progress)
+
+
+@pytest.mark.slow
+def test_a_cpu_run_whose_baseline_compiles_does_not_note_a_missing_cuda_runtime():
+    """hf_compiled_step's torch.compile builds C++ on the CPU; torch's note that no CUDA runtime is found (a CPU run
+    needs none) is not shown, though the run's own compiler is eager."""
+    from test_cli import run_llm
+
+    result = run_llm("--model", "tiny-llama", "--compiler", "eager", "--cache", "static_v3", "--num_tokens", "4",
+                     "--enable_pytorch_run", "--baselines", "hf_compiled_step", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "No CUDA runtime is found" not in result.stderr
