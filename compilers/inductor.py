@@ -30,7 +30,7 @@ from torch.fx import GraphModule
 from compilers.decode_tuning import Attention, DecodeTuning, choose_attention
 from compilers.in_place_step import InPlaceCacheStep
 from compilers.kernel_timer import tuned_by_kernel_time
-from quantize.quantized_linear import FP8_MAX, QUANTIZED_LINEAR, dequantized_weight, fake_quantize
+from quantize.quantized_linear import QUANTIZED_LINEAR, dequantized_weight, fake_quantize, to_fp8
 from register_sdpa import as_sdpa_output_layout, attention_nodes, attention_reference, causal_mask
 from static_cache_common import cache_inputs
 from static_cache_v3 import takes_cache_position
@@ -135,7 +135,7 @@ def fp8_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_scale:
     rows = x.reshape(-1, x.shape[-1])
     if _one_row_on_gpu(rows):
         return quantized_linear_for_inductor(x, weight, weight_scale, input_scale, bias)
-    quantized = (rows.float() / input_scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    quantized = to_fp8(rows, input_scale.float())
     fused_bias = bias if x.dtype in (torch.float16, torch.bfloat16) else None  # _scaled_mm adds no bias in FP32
     out = torch._scaled_mm(quantized, weight.t(), scale_a=input_scale.float().reshape(()),
                            scale_b=weight_scale.float().reshape(()), bias=fused_bias, out_dtype=x.dtype)

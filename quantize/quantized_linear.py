@@ -27,13 +27,17 @@ INT8_RANGE = (-128, 127)
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 
 
+def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x / scale in FP8 E4M3, saturated at its largest value."""
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, quantized_dtype: torch.dtype) -> torch.Tensor:
     """x quantized to `quantized_dtype` with `scale` and dequantized again, in x's dtype."""
-    scaled = x.float() / scale
     if quantized_dtype == torch.int8:
-        quantized = scaled.round().clamp(*INT8_RANGE)
+        quantized = (x.float() / scale).round().clamp(*INT8_RANGE)
     else:
-        quantized = scaled.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float()
+        quantized = to_fp8(x, scale).float()
     return (quantized * scale).to(x.dtype)
 
 
