@@ -178,15 +178,15 @@ def quant_options_of(args: argparse.Namespace, device: str) -> QuantOptions:
         raise UsageError("--quant_format is not available with --backend plugin (its attention layers take "
                          "unquantized projections); use --backend sdpa")
     if quant.format == "nvfp4":
-        check_nvfp4_runs_here(device, quant.weight_only)
+        check_nvfp4_runs_here(device)
     if importlib.util.find_spec("modelopt") is None:
         raise UsageError(f"--quant_format needs NVIDIA ModelOpt, which is not installed; {INSTALL_MODELOPT}")
     return quant
 
 
-def check_nvfp4_runs_here(device: str, weight_only: bool) -> None:
-    """NVFP4's matrix products need compute capability 10.0 (Blackwell) or newer; its activations are not
-    quantized here yet, so it is weight-only."""
+def check_nvfp4_runs_here(device: str) -> None:
+    """NVFP4's matrix products (and ModelOpt's NVFP4 calibration) need compute capability 10.0 (Blackwell) or
+    newer."""
     if not device.startswith("cuda"):
         raise UsageError("--quant_format nvfp4 needs an NVIDIA GPU of compute capability 10.0 or newer (Blackwell), "
                          "and none is visible here; use --quant_format fp8 or int8")
@@ -194,8 +194,6 @@ def check_nvfp4_runs_here(device: str, weight_only: bool) -> None:
     if major < 10:
         raise UsageError(f"--quant_format nvfp4 needs compute capability 10.0 or newer (Blackwell); this GPU is "
                          f"{major}.{minor}; use --quant_format fp8 or int8")
-    if not weight_only:
-        raise UsageError("--quant_format nvfp4 quantizes weights only in this toolkit; add --weight_only")
 
 
 def cuda_graphs_of(args: argparse.Namespace, on_gpu: bool) -> bool:

@@ -61,8 +61,8 @@ def modelopt_config(quant: QuantOptions) -> dict:
                 "INT8_SMOOTHQUANT_CFG" if quant.algo == "smoothquant" else "INT8_DEFAULT_CFG")
     elif quant.format == "fp8":
         name = "FP8_DEFAULT_CFG"
-    else:  # NVFP4 weight-only: cli.py refuses NVFP4 activations
-        name = "W4A16_NVFP4_CFG"
+    else:
+        name = "W4A16_NVFP4_CFG" if quant.weight_only else "NVFP4_DEFAULT_CFG"
     config = copy.deepcopy(getattr(mtq, name))
     if quant.weight_only and quant.format == "fp8":  # ModelOpt has no FP8 weight-only config: no input quantizers
         config["quant_cfg"].append({"quantizer_name": "*input_quantizer", "enable": False})
@@ -74,16 +74,18 @@ def canonical_linear(module, quant_utils) -> QuantizedLinear | None:
     fmt = quant_utils.get_quantization_format(module)
     if fmt in (None, "unquantized"):
         return None
-    if fmt not in ("int8_wo", "int8_sq", "fp8", "w4a16_nvfp4"):
+    if fmt not in ("int8_wo", "int8_sq", "fp8", "w4a16_nvfp4", "nvfp4"):
         raise UsageError(f"ModelOpt quantized a layer as {fmt}, which this toolkit cannot lower yet")
+    nvfp4 = fmt in ("w4a16_nvfp4", "nvfp4")
     weight_scale = quant_utils.get_weight_scaling_factor(module)
-    weight_scale_2 = quant_utils.get_weight_scaling_factor_2(module) if fmt == "w4a16_nvfp4" else None
+    weight_scale_2 = quant_utils.get_weight_scaling_factor_2(module) if nvfp4 else None
     weight = quant_utils.to_quantized_weight(module.weight.detach(), weight_scale, fmt, weight_scale_2, NVFP4_BLOCK)
     input_scale = quant_utils.get_activation_scaling_factor(module)
     pre_quant_scale = getattr(module.input_quantizer, "_pre_quant_scale", None)
     bias = None if module.bias is None else module.bias.detach()
-    if fmt == "w4a16_nvfp4":
-        return QuantizedLinear(weight, weight_scale, None, bias, None, weight_scale_2.reshape(()))
+    if nvfp4:  # NVFP4 activations (fmt nvfp4): input_scale is their global scale
+        return QuantizedLinear(weight, weight_scale, None if input_scale is None else input_scale.reshape(()), bias,
+                               None, weight_scale_2.reshape(()))
     return QuantizedLinear(weight, weight_scale.reshape(-1) if weight_scale.numel() > 1 else weight_scale.reshape(()),
                            None if input_scale is None else input_scale.reshape(()), bias,
                            None if pre_quant_scale is None else pre_quant_scale.detach().to(module.weight.dtype))

@@ -9,7 +9,8 @@
   float8_e4m3fn [N, K / 16], one per block of 16, itself scaled by `weight_scale_2` (float32 []).
 - `input_scale` is None for weight-only formats; else a float32 [] scale, and fq(x) quantizes x to the
   weight's type with it and dequantizes it again (INT8 SmoothQuant, FP8): what the matrix product of
-  two quantized operands computes.
+  two quantized operands computes. For NVFP4 activations it is the global scale of a dynamic block
+  quantization: each block of 16 along K gets the FP8 scale (its largest magnitude / 6) / input_scale.
 - SmoothQuant's per-channel input factor is a multiplication before the op, not part of it.
 
 The names and semantics are those of ModelOpt's exported checkpoints (`weight`, `weight_scale`,
@@ -33,7 +34,9 @@ def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, quantized_dtype: torch.dtype) -> torch.Tensor:
-    """x quantized to `quantized_dtype` with `scale` and dequantized again, in x's dtype."""
+    """x quantized to `quantized_dtype` with `scale` and dequantized again, in x's dtype (uint8: NVFP4)."""
+    if quantized_dtype == torch.uint8:
+        return nvfp4_fake_quantize(x, scale)
     if quantized_dtype == torch.int8:
         quantized = (x.float() / scale).round().clamp(*INT8_RANGE)
     else:
@@ -43,6 +46,29 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, quantized_dtype: torch.d
 
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)  # by 4-bit code
 NVFP4_BLOCK = 16
+E2M1_MAX = 6.0
+_E2M1_TIES_UP = (0.75, 1.75, 3.5)  # halfway points whose upper neighbour has the even code
+
+
+def round_to_e2m1(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to the nearest FP4 (E2M1) value, halfway cases to the even code, saturated at +-6."""
+    magnitudes = torch.tensor(E2M1_VALUES[:8], device=x.device)
+    midpoints = (magnitudes[1:] + magnitudes[:-1]) / 2
+    size = x.abs().clamp(max=E2M1_MAX)
+    index = torch.bucketize(size, midpoints)  # a halfway value goes down ...
+    index = index + torch.isin(size, torch.tensor(_E2M1_TIES_UP, device=x.device)).long()  # ... or up, to even
+    return torch.sign(x) * magnitudes[index]
+
+
+def nvfp4_fake_quantize(x: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
+    """NVFP4's dynamic quantization of activations, dequantized again in x's dtype: each block of 16 along the
+    last axis scaled by its FP8 block scale (largest magnitude / 6, relative to `global_scale`) and rounded to
+    FP4."""
+    blocks = x.float().reshape(*x.shape[:-1], -1, NVFP4_BLOCK)
+    block_scale = blocks.abs().amax(-1, keepdim=True) / (E2M1_MAX * global_scale)
+    scale = block_scale.clamp(max=FP8_MAX).to(torch.float8_e4m3fn).float() * global_scale
+    quantized = round_to_e2m1(blocks / torch.where(scale > 0, scale, 1.0))
+    return (quantized * scale).reshape(x.shape).to(x.dtype)
 
 
 def fp4_values(packed: torch.Tensor) -> torch.Tensor:

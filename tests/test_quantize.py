@@ -54,48 +54,91 @@ def quantized_pair(family: str, quant: QuantOptions):
     return calibrated, canonical, model
 
 
-def nvfp4_pair(family: str):
-    """(the model with each linear's weight replaced by ModelOpt's dequantized NVFP4 weight, the canonical NVFP4
-    weight-only model, the unquantized model). ModelOpt's calibration needs a GPU for NVFP4; its NVFP4 tensor
-    quantizes a weight on the CPU (block scales from each block's maximum, no calibration data needed)."""
+def _input_amax(model, names: list[str], batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The largest input magnitude each named linear sees over forwards of the batches (a max calibration)."""
+    amax, hooks = {}, []
+    for name in names:
+        def record(module, args, name=name):
+            amax[name] = torch.maximum(amax.get(name, torch.tensor(0.0)), args[0].detach().abs().amax())
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(record))
+    with torch.no_grad():
+        for ids in batches:
+            model(input_ids=ids)
+    for hook in hooks:
+        hook.remove()
+    return amax
+
+
+def nvfp4_pair(family: str, activations: bool = False):
+    """(the model whose linears compute with ModelOpt's own dequantization of the NVFP4 tensors, the canonical NVFP4
+    model, the unquantized model). ModelOpt's calibration needs a GPU for NVFP4; its NVFP4 tensor quantizes on
+    the CPU: each weight (block scales from each block's maximum), and with `activations` each linear's input
+    at every call, with the global scale of a max calibration (ModelOpt's amax / (6 * 448))."""
     from modelopt.torch.quantization.qtensor import NVFP4QTensor
+
+    def modelopt_nvfp4(x, global_scale=None):
+        quantized, block_scale, global_scale = NVFP4QTensor.quantize(x, 16, weights_scaling_factor_2=global_scale)
+        return quantized.dequantize(dtype=torch.float32, scale=block_scale, double_scale=global_scale,
+                                    block_sizes={-1: 16})
 
     _, int8, model = quantized_pair(family, FORMATS["int8-weight-only"][0])  # which linears ModelOpt quantizes
     names = [name for name, module in int8.named_modules() if module in quantized_linears(int8)]
+    amax = _input_amax(model, names, random_batches(model.config.vocab_size, 32, "cpu").ids) if activations else {}
     linears, dequantized = {}, {}
     for name in names:
         linear = model.get_submodule(name)
         quantized, block_scale, global_scale = NVFP4QTensor.quantize(linear.weight.detach(), 16)
-        linears[name] = QuantizedLinear(quantized._quantized_data, block_scale, None,
+        input_scale = amax[name] / (6 * 448) if activations else None
+        linears[name] = QuantizedLinear(quantized._quantized_data, block_scale, input_scale,
                                         None if linear.bias is None else linear.bias.detach(), None, global_scale)
         plain = torch.nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
-        plain.weight = torch.nn.Parameter(quantized.dequantize(dtype=torch.float32, scale=block_scale,
-                                                               double_scale=global_scale, block_sizes={-1: 16}))
+        plain.weight = torch.nn.Parameter(modelopt_nvfp4(linear.weight.detach()))
         plain.bias = linear.bias
+        if activations:
+            plain.register_forward_pre_hook(lambda module, args, s=input_scale: (modelopt_nvfp4(args[0], s),))
         dequantized[name] = plain
     return (modelopt_quantize.with_linears(model, dequantized), modelopt_quantize.with_linears(model, linears),
             model)
 
 
 def canonical_model(family: str, fmt: str):
-    """The canonical quantized model of a format of FORMATS, or NVFP4 weight-only ("nvfp4-weight-only")."""
-    return (nvfp4_pair(family) if fmt == "nvfp4-weight-only" else quantized_pair(family, FORMATS[fmt][0]))[1]
+    """The canonical quantized model of a format of FORMATS, or NVFP4 ("nvfp4-weight-only", "nvfp4")."""
+    if fmt.startswith("nvfp4"):
+        return nvfp4_pair(family, activations=fmt == "nvfp4")[1]
+    return quantized_pair(family, FORMATS[fmt][0])[1]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_nvfp4_weights_compute_what_modelopt_dequantizes(family):
-    """NVFP4 weight-only in the canonical form (FP4 weights two a byte, FP8 block scales, a global scale),
-    lowered, against the model whose weights are ModelOpt's own dequantization of the same NVFP4 tensors."""
-    reference, canonical, model = nvfp4_pair(family)
-    ids = ids_for(model)
-    gm = lowered_graph(canonical, 2, 32, "")
+@pytest.mark.parametrize("activations", [False, True], ids=["weight-only", "activations"])
+def test_nvfp4_computes_what_modelopt_dequantizes(family, activations):
+    """NVFP4 in the canonical form (FP4 weights two a byte, FP8 block scales, a global scale; with activations,
+    each input quantized in blocks of 16 at every call), lowered and compiled by inductor, against the model that
+    computes with ModelOpt's own NVFP4 quantization of the same weights and inputs."""
+    from compilers.inductor import compile_with_inductor
+
+    reference, canonical, model = nvfp4_pair(family, activations)
+    ids, positions = ids_for(model), torch.arange(24).expand(2, -1)
     with torch.no_grad():
         expected, unquantized = reference(input_ids=ids).logits[:, -1], model(input_ids=ids).logits[:, -1]
-        actual = gm(ids, torch.arange(24).expand(2, -1))[0][:, -1]
+        actual = lowered_graph(canonical, 2, 32, "")(ids, positions)[0][:, -1]
+        compiled = compile_with_inductor(lowered_graph(canonical, 2, 32, ""))(ids, positions)[0][:, -1]
     assert {linear.weight.dtype for linear in quantized_linears(canonical)} == {torch.uint8}
+    assert all((linear.input_scale is not None) == activations for linear in quantized_linears(canonical))
     assert relative_error(actual, expected) < 1e-5
-    print(f"{family} nvfp4 weight-only: relative logit error {relative_error(actual, unquantized):.1e}")
-    assert relative_error(actual, unquantized) < 0.2
+    assert relative_error(compiled, expected) < 1e-4
+    print(f"{family} nvfp4 {'weights and activations' if activations else 'weight-only'}: relative logit error "
+          f"{relative_error(actual, unquantized):.1e}")
+    assert relative_error(actual, unquantized) < 0.3
+
+
+def test_nvfp4_activations_left_unquantized_are_caught():
+    """The comparison can fail: the W4A4 reference against the same weights with the inputs left in FP32."""
+    reference, canonical, model = nvfp4_pair("tiny-llama", activations=True)
+    for linear in quantized_linears(canonical):
+        linear.input_scale = None
+    ids = ids_for(model)
+    with torch.no_grad():
+        assert relative_error(canonical(input_ids=ids).logits, reference(input_ids=ids).logits) > 1e-2
 
 
 def ids_for(model) -> torch.Tensor:
@@ -318,10 +361,11 @@ def test_a_quantized_step_is_tuned_for_decode_at_any_size():
 
 
 @pytest.mark.gpu
-def test_modelopts_nvfp4_weight_only_calibration_lowers_to_the_canonical_form():
-    """ModelOpt's NVFP4 weight-only quantization (which needs a GPU, not a Blackwell one) in the canonical form
-    computes what ModelOpt's own fake-quantized model computes."""
-    quant = QuantOptions("nvfp4", weight_only=True)
+@pytest.mark.parametrize("weight_only", [True, False], ids=["weight-only", "activations"])
+def test_modelopts_nvfp4_calibration_lowers_to_the_canonical_form(weight_only):
+    """ModelOpt's NVFP4 quantization (which needs a GPU, not a Blackwell one, for its fake quantization) in the
+    canonical form computes what ModelOpt's own fake-quantized model computes."""
+    quant = QuantOptions("nvfp4", weight_only=weight_only)
     model = fresh_model("tiny-llama", "cuda")
     calibrated = modelopt_quantize.calibrated_with_modelopt(model, quant, random_batches(512, 32, "cuda"))
     canonical = modelopt_quantize.with_linears(model, modelopt_quantize.canonical_linears(calibrated))
@@ -332,19 +376,18 @@ def test_modelopts_nvfp4_weight_only_calibration_lowers_to_the_canonical_form():
     assert relative_error(actual, expected) < 1e-5
 
 
-@pytest.mark.parametrize("capability,weight_only,refusal", [((9, 0), True, "this GPU is 9.0"),
-                                                             ((10, 0), False, "add --weight_only"),
-                                                             ((10, 0), True, None), ((12, 0), True, None)])
-def test_nvfp4_runs_on_blackwell_and_newer_only(monkeypatch, capability, weight_only, refusal):
+@pytest.mark.parametrize("capability,refusal", [((9, 0), "this GPU is 9.0"), ((10, 0), None), ((12, 0), None)])
+def test_nvfp4_runs_on_blackwell_and_newer_only(monkeypatch, capability, refusal):
+    """Weights and activations (upstream's default) or --weight_only alike."""
     import cli
     from errors import UsageError
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     if refusal is None:
-        cli.check_nvfp4_runs_here("cuda", weight_only)
+        cli.check_nvfp4_runs_here("cuda")
     else:
         with pytest.raises(UsageError, match=refusal):
-            cli.check_nvfp4_runs_here("cuda", weight_only)
+            cli.check_nvfp4_runs_here("cuda")
 
 
 @pytest.mark.parametrize("family", ["tiny-qwen2.5-vl", "tiny-eagle2"])
