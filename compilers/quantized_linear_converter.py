@@ -4,7 +4,9 @@
                                                                                           matmul(x, Wᵀ) (+ bias)
     weight (an INT8 or FP8 constant) ── dequantize(weight_scale, per channel or tensor) ───┘
 
-NVFP4 weights are FP4 constants, dequantized by FP8 block scales that the global scale dequantizes first.
+NVFP4 weights are FP4 constants, dequantized by FP8 block scales that the global scale dequantizes first; NVFP4
+activations go through a dynamic quantize layer (FP4 data and FP8 block scales of each block of 16, computed at
+run time, relative to input_scale) and the same two dequantize layers.
 The engine stores the weight at one byte (half a byte for FP4); TensorRT fuses the dequantize layers into its quantized
 matrix-multiply kernels (and the activations' quantize/dequantize pair into an INT8 or FP8 product).
 The scales are float32 constants, as TensorRT's quantize layers ask.
@@ -20,7 +22,7 @@ from torch_tensorrt.dynamo.conversion._ConversionContext import ConversionContex
 from torch_tensorrt.dynamo.conversion._ConverterRegistry import ConverterPriority, dynamo_tensorrt_converter
 from torch_tensorrt.dynamo.conversion.converter_utils import get_trt_tensor
 
-from quantize.quantized_linear import QUANTIZED_LINEAR
+from quantize.quantized_linear import NVFP4_BLOCK, QUANTIZED_LINEAR
 
 _QUANTIZED_TYPES = {torch.int8: trt.int8, torch.float8_e4m3fn: trt.fp8}
 
@@ -61,6 +63,21 @@ def _nvfp4_weight(ctx: ConversionContext, weight: torch.Tensor, block_scale: tor
     return data.get_output(0)
 
 
+def _nvfp4_input(ctx: ConversionContext, x: trt.ITensor, global_scale: torch.Tensor, name: str) -> trt.ITensor:
+    """NVFP4 activations: x quantized at run time in blocks of 16 along its last axis (FP4 data, FP8 block scales
+    relative to the global scale) and dequantized again, the input of an NVFP4 product."""
+    scale, axis = _scale(ctx, global_scale, f"{name}_global_scale"), len(x.shape) - 1
+    quantize = ctx.net.add_dynamic_quantize(x, axis, NVFP4_BLOCK, trt.DataType.FP4, trt.DataType.FP8)
+    quantize.set_input(1, scale)
+    quantize.name = f"{name}_dynamic_quantize"
+    block = ctx.net.add_dequantize(quantize.get_output(1), scale, x.dtype)
+    block.name = f"{name}_block_scale_dequantize"
+    data = ctx.net.add_dequantize(quantize.get_output(0), block.get_output(0), x.dtype)
+    data.axis = axis
+    data.name = f"{name}_dequantize"
+    return data.get_output(0)
+
+
 @dynamo_tensorrt_converter(QUANTIZED_LINEAR, supports_dynamic_shapes=True, priority=ConverterPriority.HIGH)
 def convert_quantized_linear(ctx: ConversionContext, target, args, kwargs, name: str):
     x, weight, weight_scale, input_scale, bias, weight_scale_2 = (list(args) + [None] * 6)[:6]
@@ -71,9 +88,10 @@ def convert_quantized_linear(ctx: ConversionContext, target, args, kwargs, name:
     else:
         stored = get_trt_tensor(ctx, weight.detach().cpu().contiguous(), f"{name}_weight")  # [N, K], one byte each
         weight_t = _dequantize(ctx, stored, weight_scale, f"{name}_weight_dequantize", x.dtype)
-    if input_scale is not None:
-        quantized_type = _QUANTIZED_TYPES[weight.dtype]
-        x = _fake_quantize(ctx, x, input_scale, quantized_type, f"{name}_input")
+    if input_scale is not None and weight.dtype == torch.uint8:
+        x = _nvfp4_input(ctx, x, input_scale, f"{name}_input")
+    elif input_scale is not None:
+        x = _fake_quantize(ctx, x, input_scale, _QUANTIZED_TYPES[weight.dtype], f"{name}_input")
     if len(x.shape) > 2:  # [..., K] @ [K, N]: the weight broadcast over the leading dimensions
         expand = ctx.net.add_shuffle(weight_t)
         expand.reshape_dims = (1,) * (len(x.shape) - 2) + tuple(weight_t.shape)

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.tensorrt, pytest.mark.slow, pytest.mark.xdist_group("b
 TOLERANCE = 1e-4  # as test_tensorrt_network.py: the engine computes the same quantized graph
 CASES = [("tiny-llama", "int8-weight-only"), ("tiny-llama", "fp8"), ("tiny-llama", "int8-smoothquant"),
          ("tiny-llama", "nvfp4-weight-only"), ("tiny-qwen3", "fp8-weight-only"), ("tiny-qwen3", "int8"),
-         ("tiny-qwen3", "nvfp4-weight-only")]
+         ("tiny-qwen3", "nvfp4-weight-only"), ("tiny-llama", "nvfp4")]
 STORED = {"int8": np.dtype(np.int8), "fp8": "FP8", "nvfp4": "FP4"}  # Weights name INT8 by numpy's dtype
 _BUILT: dict = {}
 
@@ -51,12 +51,14 @@ def test_a_quantized_engine_stores_one_byte_weights_and_computes_the_quantized_g
     weight_only = "weight-only" in fmt
     expected = STORED[fmt.split("-")[0]]
     assert stored == {expected if isinstance(expected, np.dtype) else getattr(trt.DataType, expected)}
-    nvfp4 = fmt.startswith("nvfp4")  # its block scales are dequantized too
-    assert kinds.count(trt.LayerType.DEQUANTIZE) == linears * (1 if weight_only and not nvfp4 else 2)
-    assert kinds.count(trt.LayerType.QUANTIZE) == (0 if weight_only else linears)
+    nvfp4 = fmt.startswith("nvfp4")  # its block scales are dequantized too, the activations' at run time
+    dequantized = (1 if weight_only else 2) * (2 if nvfp4 else 1)
+    assert kinds.count(trt.LayerType.DEQUANTIZE) == linears * dequantized
+    quantize = trt.LayerType.DYNAMIC_QUANTIZE if nvfp4 else trt.LayerType.QUANTIZE
+    assert kinds.count(quantize) == (0 if weight_only else linears)
     errors = errors_over_steps(gm, compiled, "static_v3", family)
     print(f"\n{family} {fmt}: engine {len(engine.serialized_engine)} bytes; {kinds.count(trt.LayerType.DEQUANTIZE)} "
-          f"dequantize, {kinds.count(trt.LayerType.QUANTIZE)} quantize layers; largest relative error "
+          f"dequantize, {kinds.count(quantize)} {'dynamic ' if nvfp4 else ''}quantize layers; largest relative error "
           f"{max(errors):.1e} over {len(STEPS)} steps")
     assert max(errors) <= TOLERANCE
 
@@ -78,6 +80,19 @@ def test_a_wrong_weight_scale_in_the_converter_is_caught(monkeypatch):
     compiled, _ = compile_as_run_llm_does(gm, "tiny-llama", "static_v3")
     errors = errors_over_steps(gm, compiled, "static_v3", "tiny-llama")
     print(f"\nplanted: weights dequantized with twice their scale: largest relative error {max(errors):.1e}")
+    assert max(errors) > 1e-2
+
+
+def test_nvfp4_activations_left_unquantized_by_the_converter_are_caught(monkeypatch):
+    """The converter planted to skip the dynamic quantization of NVFP4 inputs: the network parts from the graph."""
+    import_torch_tensorrt()
+    from compilers import quantized_linear_converter
+
+    monkeypatch.setattr(quantized_linear_converter, "_nvfp4_input", lambda ctx, x, scale, name: x)
+    gm = lowered_graph(canonical_model("tiny-llama", "nvfp4"), 1, 24, "static_v3")
+    compiled, _ = compile_as_run_llm_does(gm, "tiny-llama", "static_v3")
+    errors = errors_over_steps(gm, compiled, "static_v3", "tiny-llama")
+    print(f"\nplanted: NVFP4 inputs not quantized: largest relative error {max(errors):.1e}")
     assert max(errors) > 1e-2
 
 

@@ -1,6 +1,6 @@
-"""The quantization layers of trt_reference.py's evaluation: quantize, dequantize, and FP8/FP4 constants, from
-TensorRT's documented semantics (round half to even and saturate for INT8, saturating casts for FP8; a scale
-per tensor, per index of an axis, or per block of the last axis)."""
+"""The quantization layers of trt_reference.py's evaluation: quantize, dynamic quantize, dequantize, and FP8/FP4
+constants, from TensorRT's documented semantics (round half to even and saturate for INT8, saturating casts for
+FP8; a scale per tensor, per index of an axis, or per block of the last axis)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,26 @@ def per_axis(layer, scale, shape):
     shape = [1] * ndim
     shape[layer.axis] = scale.size
     return scale.reshape(shape)
+
+
+def dynamic_quantize(layer, x, double_scale):
+    """TensorRT's dynamic quantize to NVFP4, by its documentation: for each block of the axis, the block scale
+    (its largest magnitude / 6) quantized to FP8 by the double-quantization scale, and the block / its
+    dequantized scale in FP4 (E2M1: to nearest, halfway to the even code, saturated). Returns (FP4 values,
+    FP8 block-scale values), as float32."""
+    import torch
+
+    from quantize.quantized_linear import E2M1_MAX, round_to_e2m1
+
+    if layer.to_type != trt.fp4 or layer.scale_type != trt.fp8 or layer.axis not in (-1, x.ndim - 1):
+        raise NotImplementedError(f"dynamic quantize {layer.name} to {layer.to_type} along axis {layer.axis}")
+    blocks = torch.from_numpy(x.astype(np.float32)).reshape(*x.shape[:-1], -1, layer.block_size)
+    double_scale = float(np.asarray(double_scale).reshape(()))
+    block_scale = (blocks.abs().amax(-1) / (E2M1_MAX * double_scale)).clamp(max=FP8_MAX)
+    block_scale = block_scale.to(torch.float8_e4m3fn).float()
+    scale = block_scale.unsqueeze(-1) * double_scale
+    data = round_to_e2m1(blocks / torch.where(scale > 0, scale, 1.0))
+    return data.reshape(x.shape).numpy(), block_scale.numpy()
 
 
 def quantize(layer, x, scale):

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import tensorrt as trt
 
-from trt_quantize_reference import constant, dequantize, quantize
+from trt_quantize_reference import constant, dequantize, dynamic_quantize, quantize
 
 _DTYPES = {trt.float32: np.float32, trt.float16: np.float16, trt.int32: np.int32, trt.int64: np.int64,
            trt.bool: np.bool_, trt.int8: np.int8, trt.uint8: np.uint8, trt.fp8: np.float32, trt.fp4: np.float32}
@@ -96,7 +96,7 @@ _CLASSES = {
     trt.LayerType.UNSQUEEZE: trt.IUnsqueezeLayer, trt.LayerType.SQUEEZE: trt.ISqueezeLayer,
     trt.LayerType.NORMALIZATION: trt.INormalizationLayer, trt.LayerType.IDENTITY: trt.IIdentityLayer,
     trt.LayerType.QUANTIZE: trt.IQuantizeLayer, trt.LayerType.DEQUANTIZE: trt.IDequantizeLayer,
-}
+    trt.LayerType.DYNAMIC_QUANTIZE: trt.IDynamicQuantizeLayer}
 if hasattr(trt, "IKVCacheUpdateLayer"):
     _CLASSES[trt.LayerType.KV_CACHE_UPDATE] = trt.IKVCacheUpdateLayer
 _ATTENTION_INPUT = _ATTENTION_OUTPUT = None  # TensorRT's attention layer, where this TensorRT has one
@@ -274,8 +274,8 @@ def _evaluate_layer(layer, kind, args, constants):
         return _matmul(layer, *args)
     if kind == trt.LayerType.CONSTANT:
         return constant(layer, constants)
-    if kind == trt.LayerType.QUANTIZE:
-        return quantize(layer, *args)
+    if kind in (trt.LayerType.QUANTIZE, trt.LayerType.DYNAMIC_QUANTIZE):  # the dynamic one: (data, block scales)
+        return (quantize if kind == trt.LayerType.QUANTIZE else dynamic_quantize)(layer, *args)
     if kind == trt.LayerType.DEQUANTIZE:
         return dequantize(layer, *args, _DTYPES[layer.to_type])
     if kind == trt.LayerType.ELEMENTWISE:
@@ -372,11 +372,9 @@ def _in_dependency_order(network: trt.INetworkDefinition) -> list:
 
 def evaluate(network: trt.INetworkDefinition, inputs: dict[str, np.ndarray],
              constants: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """The network's outputs for the given inputs, by name, computed layer by layer in numpy.
-
-    Every network input must be given, in the shape the network declares (-1 dimensions take any size).
-    `constants`: the values of FP8 constant layers, by layer name (the weights the network was given).
-    """
+    """The network's outputs for the given inputs, by name, computed layer by layer in numpy. Every network input
+    must be given, in the shape the network declares (-1 dimensions take any size). `constants`: the values of
+    FP8 and FP4 constant layers, by layer name (the weights the network was given)."""
     values = {}
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -393,8 +391,9 @@ def evaluate(network: trt.INetworkDefinition, inputs: dict[str, np.ndarray],
             raise NotImplementedError(f"layer {layer.name} of type {kind}")
         layer.__class__ = _CLASSES[kind]
         args = [values[tensor.name] if tensor is not None else None for tensor in _layer_inputs(layer)]
-        out = np.asarray(_evaluate_layer(layer, kind, args, constants or {}))
-        if kind != _ATTENTION_INPUT:
-            _check_shape(layer.get_output(0), out, f"layer {layer.name} output")
-        values[layer.get_output(0).name] = out
+        out = _evaluate_layer(layer, kind, args, constants or {})
+        for index, value in enumerate(map(np.asarray, out if isinstance(out, tuple) else (out,))):
+            if kind != _ATTENTION_INPUT:
+                _check_shape(layer.get_output(index), value, f"layer {layer.name} output {index}")
+            values[layer.get_output(index).name] = value
     return {network.get_output(i).name: values[network.get_output(i).name] for i in range(network.num_outputs)}
