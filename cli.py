@@ -185,7 +185,7 @@ def quant_options_of(args: argparse.Namespace, device: str) -> QuantOptions:
 
 
 def check_nvfp4_runs_here(device: str) -> None:
-    """NVFP4's matrix products (and ModelOpt's NVFP4 calibration) need compute capability 10.0 (Blackwell) or
+    """NVFP4's matrix products, with or without NVFP4 activations, need compute capability 10.0 (Blackwell) or
     newer."""
     if not device.startswith("cuda"):
         raise UsageError("--quant_format nvfp4 needs an NVIDIA GPU of compute capability 10.0 or newer (Blackwell), "
