@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 import plugin_utils
-from cli import add_common_arguments, new_parser, run_main
+from cli import add_common_arguments, check_nvfp4_runs_here, new_parser, run_main
 from errors import doing, logger, stage
 from export import export_llm
 from generation.baselines import HFCompiledStep, hf_forward_no_cache, hf_generate, torchao_int8_weight_only
@@ -90,6 +90,8 @@ def main(options: Options) -> None:
         saved = None if model_options.random_weights else checkpoint_quantization(config)
     if saved:
         check_requested(options.quant, saved)
+        if saved.format == "nvfp4":
+            check_nvfp4_runs_here(model_options.device)
         options = replace(options, quant=saved)
     if run.benchmark:  # before the tokenizer loads and --isl random tokens are drawn
         check_positions(config, run.isl + run.num_tokens, "--isl + --num_tokens")

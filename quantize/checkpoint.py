@@ -2,9 +2,10 @@
 `quantization_config` (quant_method "modelopt", which ModelOpt's export also writes to hf_quant_config.json) and
 loaded into the canonical QuantizedLinear form without quantizing again.
 
-ModelOpt's export stores each quantized linear as `<name>.weight` (INT8 or FP8), `<name>.weight_scale`, and
-where activations are quantized `<name>.input_scale` (and SmoothQuant's `<name>.pre_quant_scale`): the
-canonical form's own tensors, so loading is a matter of putting them in place.
+ModelOpt's export stores each quantized linear as `<name>.weight` (INT8, FP8, or NVFP4 packed two a byte),
+`<name>.weight_scale` (NVFP4's FP8 block scales, with `<name>.weight_scale_2`), and where activations are
+quantized `<name>.input_scale` (and SmoothQuant's `<name>.pre_quant_scale`): the canonical form's own tensors,
+so loading is a matter of putting them in place.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from quantize.quantized_linear import QuantizedLinear
 # ModelOpt's quant_algo names this toolkit loads, as the flags that make the same quantization here.
 LOADABLE = {"FP8": QuantOptions("fp8", prequantized=True),
             "W8A16": QuantOptions("int8", weight_only=True, prequantized=True),
-            "W8A8_SQ_PER_CHANNEL": QuantOptions("int8", "smoothquant", prequantized=True)}
+            "W8A8_SQ_PER_CHANNEL": QuantOptions("int8", "smoothquant", prequantized=True),
+            "NVFP4": QuantOptions("nvfp4", prequantized=True)}
 QUANTIZED_TENSORS = ("weight", "weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale", "bias")
 
 
@@ -36,8 +38,8 @@ def checkpoint_quantization(config) -> QuantOptions | None:
     method, algo = details.get("quant_method"), details.get("quant_algo")
     if method != "modelopt":
         raise UsageError(f"this checkpoint is quantized with {method or 'an unnamed method'}, which this toolkit "
-                         "cannot load; use a ModelOpt checkpoint (FP8, W8A16, W8A8_SQ_PER_CHANNEL) or an "
-                         "unquantized model with --quant_format")
+                         f"cannot load; use a ModelOpt checkpoint ({', '.join(LOADABLE)}) or an unquantized model "
+                         "with --quant_format")
     if algo not in LOADABLE:
         raise UsageError(f"this ModelOpt checkpoint's quantization {algo} is not one this toolkit loads "
                          f"({', '.join(LOADABLE)}); use an unquantized model with --quant_format")

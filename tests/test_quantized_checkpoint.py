@@ -10,6 +10,7 @@ import torch
 
 pytest.importorskip("modelopt")
 
+from options import QuantOptions  # noqa: E402
 from test_quantize import (FORMATS, fresh_model, ids_for, modelopt_quantize, quantized_linears,  # noqa: E402
                            quantized_pair, relative_error)
 
@@ -43,6 +44,85 @@ def test_a_prequantized_checkpoint_loads_as_modelopt_saved_it(fmt, tmp_path):
         actual, expected = loaded(input_ids=ids).logits, calibrated(input_ids=ids).logits
     assert len(quantized_linears(loaded)) == len(quantized_linears(canonical))
     assert relative_error(actual, expected) < 1e-5
+
+
+def exported_nvfp4_checkpoint(folder, input_amax: float) -> None:
+    """tiny-llama with ModelOpt's NVFP4 quantizers (weights and activations), saved with ModelOpt's own export.
+    ModelOpt calibrates NVFP4 on a GPU only, so the max calibration is done by hand: each weight quantizer's amax
+    is its weight's largest magnitude, each input quantizer's `input_amax`."""
+    import modelopt.torch.quantization as mtq
+    from modelopt.torch.export import export_hf_checkpoint
+
+    with modelopt_quantize._quietly():
+        quantized = mtq.quantize(fresh_model("tiny-llama"), modelopt_quantize.modelopt_config(QuantOptions("nvfp4")))
+        for module in quantized.modules():
+            if hasattr(module, "input_quantizer") and module.input_quantizer.is_enabled:
+                module.weight_quantizer.amax = module.weight.detach().abs().amax()
+                module.input_quantizer.amax = torch.tensor(input_amax)
+        quantized.config.architectures = ["LlamaForCausalLM"]
+        export_hf_checkpoint(quantized, export_dir=str(folder))
+
+
+def modelopt_nvfp4_reference(folder):
+    """The model the NVFP4 checkpoint in `folder` describes, each quantized linear computing with ModelOpt's own
+    dequantization of its saved FP4 weight and with ModelOpt's NVFP4 quantization of its input (the saved
+    input_scale as the global scale): the checkpoint read by ModelOpt, not by the loader under test."""
+    from modelopt.torch.quantization.qtensor import NVFP4QTensor
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    model = fresh_model("tiny-llama")
+    names = [key.removesuffix(".weight_scale_2") for key in state if key.endswith(".weight_scale_2")]
+    for name in names:
+        packed = state.pop(f"{name}.weight")
+        rows, columns = packed.shape[0], packed.shape[1] * 2
+        scale, double_scale = state.pop(f"{name}.weight_scale"), state.pop(f"{name}.weight_scale_2")
+        state[f"{name}.weight"] = NVFP4QTensor((rows, columns), torch.float32, packed).dequantize(
+            dtype=torch.float32, scale=scale, double_scale=double_scale, block_sizes={-1: 16})
+        input_scale = state.pop(f"{name}.input_scale")
+
+        def quantized_input(module, args, input_scale=input_scale):
+            data, block_scale, global_scale = NVFP4QTensor.quantize(args[0], 16, weights_scaling_factor_2=input_scale)
+            return (data.dequantize(dtype=torch.float32, scale=block_scale, double_scale=global_scale,
+                                    block_sizes={-1: 16}),)
+        model.get_submodule(name).register_forward_pre_hook(quantized_input)
+    model.load_state_dict(state)
+    return model, len(names)
+
+
+def test_a_prequantized_nvfp4_checkpoint_loads_as_modelopt_saved_it(tmp_path):
+    """An NVFP4 checkpoint (FP4 weights, FP8 block scales, NVFP4 activations) loads into the canonical form and
+    computes what ModelOpt's own NVFP4 quantization of the same weights and inputs computes."""
+    from load.models import load_config
+    from options import ModelOptions
+    from quantize.checkpoint import checkpoint_quantization, load_prequantized
+
+    exported_nvfp4_checkpoint(tmp_path, input_amax=3.0)
+    options = ModelOptions(str(tmp_path), "FP32")
+    config = load_config(options)
+    assert checkpoint_quantization(config) == QuantOptions("nvfp4", prequantized=True)
+    loaded = load_prequantized(options, config)
+    reference, quantized = modelopt_nvfp4_reference(tmp_path)
+    ids = ids_for(reference)
+    with torch.no_grad():
+        actual, expected = loaded(input_ids=ids).logits, reference(input_ids=ids).logits
+        unquantized = fresh_model("tiny-llama")(input_ids=ids).logits
+    assert {linear.weight.dtype for linear in quantized_linears(loaded)} == {torch.uint8}
+    assert len(quantized_linears(loaded)) == quantized == 7 * 2
+    assert relative_error(actual, expected) < 1e-5
+    assert relative_error(actual, unquantized) < 0.3
+    for linear in quantized_linears(loaded):  # a loader that dropped the activations' quantization is caught
+        linear.input_scale = None
+    with torch.no_grad():
+        assert relative_error(loaded(input_ids=ids).logits, expected) > 1e-2
+
+
+def test_a_prequantized_nvfp4_checkpoint_needs_blackwell(tmp_path):
+    from test_cli import assert_usage_error, run_llm
+
+    exported_nvfp4_checkpoint(tmp_path, input_amax=3.0)
+    assert_usage_error(run_llm("--model", str(tmp_path), "--compiler", "eager", "--precision", "FP32"),
+                       "nvfp4 needs an NVIDIA GPU of compute capability 10.0 or newer")
 
 
 class _Allocations(torch.utils._python_dispatch.TorchDispatchMode):
