@@ -22,6 +22,7 @@ place. A graph without a cache gets inductor's CUDA graphs (mode "reduce-overhea
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Callable
 
 import torch
@@ -151,10 +152,8 @@ def fp8_tensor_cores(device: torch.device) -> bool:
 
 def _attribute(gm: GraphModule, arg) -> torch.Tensor | None:
     """The tensor a get_attr argument names (a weight or a scale); None for anything else."""
-    if not isinstance(arg, torch.fx.Node) or arg.op != "get_attr":
-        return None
-    owner, _, name = arg.target.rpartition(".")
-    return getattr(gm.get_submodule(owner) if owner else gm, name)
+    is_attribute = isinstance(arg, torch.fx.Node) and arg.op == "get_attr"
+    return operator.attrgetter(arg.target)(gm) if is_attribute else None
 
 
 def _takes_scaled_mm(gm: GraphModule, node) -> bool:

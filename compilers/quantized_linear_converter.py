@@ -48,34 +48,37 @@ def _fake_quantize(ctx: ConversionContext, x: trt.ITensor, scale: torch.Tensor, 
     return _dequantize(ctx, quantize.get_output(0), scale, f"{name}_dequantize", x.dtype)
 
 
+def _nvfp4_dequantize(ctx: ConversionContext, data: trt.ITensor, block_scale: trt.ITensor, global_scale: trt.ITensor,
+                      scale_type: trt.DataType, output_type: trt.DataType, axis: int, name: str) -> trt.ITensor:
+    """FP4 data dequantized by its FP8 block scales along `axis`, which the global scale dequantizes first
+    (TensorRT reads the block size from the scales' shape)."""
+    block = ctx.net.add_dequantize(block_scale, global_scale, scale_type)
+    block.name = f"{name}_block_scale_dequantize"
+    dequantized = ctx.net.add_dequantize(data, block.get_output(0), output_type)
+    dequantized.axis = axis
+    dequantized.name = f"{name}_dequantize"
+    return dequantized.get_output(0)
+
+
 def _nvfp4_weight(ctx: ConversionContext, weight: torch.Tensor, block_scale: torch.Tensor, global_scale: torch.Tensor,
                   name: str, output_type: trt.DataType) -> trt.ITensor:
-    """NVFP4: the FP4 constant [N, K] dequantized by its FP8 block scales [N, K / 16], which are dequantized by
-    the global scale first (TensorRT reads the block size from the scales' shape)."""
+    """NVFP4: the FP4 constant [N, K], dequantized by its FP8 block scales [N, K / 16] and the global scale."""
     stored = get_trt_tensor(ctx, weight.detach().cpu().contiguous(), f"{name}_weight",
                             target_quantized_type=trt.DataType.FP4)
     scales = get_trt_tensor(ctx, block_scale.detach().cpu().contiguous(), f"{name}_block_scale")
-    block = ctx.net.add_dequantize(scales, _scale(ctx, global_scale, f"{name}_global_scale"), trt.float32)
-    block.name = f"{name}_block_scale_dequantize"
-    data = ctx.net.add_dequantize(stored, block.get_output(0), output_type)
-    data.axis = -1
-    data.name = f"{name}_weight_dequantize"
-    return data.get_output(0)
+    return _nvfp4_dequantize(ctx, stored, scales, _scale(ctx, global_scale, f"{name}_global_scale"), trt.float32,
+                             output_type, -1, f"{name}_weight")
 
 
 def _nvfp4_input(ctx: ConversionContext, x: trt.ITensor, global_scale: torch.Tensor, name: str) -> trt.ITensor:
     """NVFP4 activations: x quantized at run time in blocks of 16 along its last axis (FP4 data, FP8 block scales
-    relative to the global scale) and dequantized again, the input of an NVFP4 product."""
+    relative to the global scale) and dequantized again, the input of an NVFP4 product. The block scales are
+    dequantized to x's type: TensorRT builds no FP16 dequantize of FP4 data by float32 scales."""
     scale, axis = _scale(ctx, global_scale, f"{name}_global_scale"), len(x.shape) - 1
     quantize = ctx.net.add_dynamic_quantize(x, axis, NVFP4_BLOCK, trt.DataType.FP4, trt.DataType.FP8)
     quantize.set_input(1, scale)
     quantize.name = f"{name}_dynamic_quantize"
-    block = ctx.net.add_dequantize(quantize.get_output(1), scale, x.dtype)
-    block.name = f"{name}_block_scale_dequantize"
-    data = ctx.net.add_dequantize(quantize.get_output(0), block.get_output(0), x.dtype)
-    data.axis = axis
-    data.name = f"{name}_dequantize"
-    return data.get_output(0)
+    return _nvfp4_dequantize(ctx, quantize.get_output(0), quantize.get_output(1), scale, x.dtype, x.dtype, axis, name)
 
 
 @dynamo_tensorrt_converter(QUANTIZED_LINEAR, supports_dynamic_shapes=True, priority=ConverterPriority.HIGH)

@@ -68,17 +68,22 @@ def _input_amax(model, names: list[str], batches: list[torch.Tensor]) -> dict[st
     return amax
 
 
+def modelopt_nvfp4(x: torch.Tensor, global_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """x quantized to NVFP4 by ModelOpt's own NVFP4 tensor (with this global scale, or one from x's largest
+    magnitude) and dequantized again, in float32."""
+    from modelopt.torch.quantization.qtensor import NVFP4QTensor
+
+    quantized, block_scale, global_scale = NVFP4QTensor.quantize(x, 16, weights_scaling_factor_2=global_scale)
+    return quantized.dequantize(dtype=torch.float32, scale=block_scale, double_scale=global_scale,
+                                block_sizes={-1: 16})
+
+
 def nvfp4_pair(family: str, activations: bool = False):
     """(the model whose linears compute with ModelOpt's own dequantization of the NVFP4 tensors, the canonical NVFP4
     model, the unquantized model). ModelOpt's calibration needs a GPU for NVFP4; its NVFP4 tensor quantizes on
     the CPU: each weight (block scales from each block's maximum), and with `activations` each linear's input
     at every call, with the global scale of a max calibration (ModelOpt's amax / (6 * 448))."""
     from modelopt.torch.quantization.qtensor import NVFP4QTensor
-
-    def modelopt_nvfp4(x, global_scale=None):
-        quantized, block_scale, global_scale = NVFP4QTensor.quantize(x, 16, weights_scaling_factor_2=global_scale)
-        return quantized.dequantize(dtype=torch.float32, scale=block_scale, double_scale=global_scale,
-                                    block_sizes={-1: 16})
 
     _, int8, model = quantized_pair(family, FORMATS["int8-weight-only"][0])  # which linears ModelOpt quantizes
     names = [name for name, module in int8.named_modules() if module in quantized_linears(int8)]

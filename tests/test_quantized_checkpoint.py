@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("modelopt")
 
 from options import QuantOptions  # noqa: E402
-from test_quantize import (FORMATS, fresh_model, ids_for, modelopt_quantize, quantized_linears,  # noqa: E402
-                           quantized_pair, relative_error)
+from test_quantize import (FORMATS, fresh_model, ids_for, modelopt_nvfp4, modelopt_quantize,  # noqa: E402
+                           quantized_linears, quantized_pair, relative_error)
 
 
 def exported_checkpoint(folder, fmt: str) -> None:
@@ -80,12 +80,8 @@ def modelopt_nvfp4_reference(folder):
         state[f"{name}.weight"] = NVFP4QTensor((rows, columns), torch.float32, packed).dequantize(
             dtype=torch.float32, scale=scale, double_scale=double_scale, block_sizes={-1: 16})
         input_scale = state.pop(f"{name}.input_scale")
-
-        def quantized_input(module, args, input_scale=input_scale):
-            data, block_scale, global_scale = NVFP4QTensor.quantize(args[0], 16, weights_scaling_factor_2=input_scale)
-            return (data.dequantize(dtype=torch.float32, scale=block_scale, double_scale=global_scale,
-                                    block_sizes={-1: 16}),)
-        model.get_submodule(name).register_forward_pre_hook(quantized_input)
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda module, args, input_scale=input_scale: (modelopt_nvfp4(args[0], input_scale),))
     model.load_state_dict(state)
     return model, len(names)
 
