@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from compilers.engine_cache import DEFAULT_ENGINE_CACHE_DIR
+from compilers.engine_cache import DEFAULT_ENGINE_CACHE_DIR, PROJECT_CACHE_DIR
 from compilers.inductor_cache import DEFAULT_INDUCTOR_CACHE_DIR, use_inductor_cache
 from errors import UsageError, activity_of, logger
 from generation.baselines import INSTALL_TORCHAO
@@ -93,6 +93,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
                       help="inductor (and the baselines' torch.compile): keep compiled graphs, autotuning results "
                            "and kernels here for later runs (default: $TORCHINDUCTOR_CACHE_DIR, else %(default)s)")
 
+    comp.add_argument("--export_cache_dir", default=os.path.join(PROJECT_CACHE_DIR, "exports"), metavar="DIR",
+                      help="keep each exported graph here (without weights) and reuse it in later runs of a model "
+                           "of the same structure and versions (default: %(default)s)")
+    comp.add_argument("--no_export_cache", action="store_true", help="export the model every run and cache nothing")
+
     quant = parser.add_argument_group("quantization (NVIDIA ModelOpt)")
     quant.add_argument("--quant_format", default=None, choices=list(QUANT_FORMATS),
                        help="quantize the linear layers with ModelOpt; the PyTorch run stays unquantized, the "
@@ -131,6 +136,8 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
             check_cache_dir(args.engine_cache_dir, "--engine_cache_dir", "or --no_engine_cache")
     if args.cudagraph and not on_gpu:
         raise UsageError("--cudagraph needs a CUDA device; drop it or use --device cuda")
+    if not args.no_export_cache:
+        check_cache_dir(args.export_cache_dir, "--export_cache_dir", "or --no_export_cache")
     if args.cudagraph and args.compiler == "eager" and not args.cache:
         logger.warning("--cudagraph with --compiler eager captures static-cache steps only; this run is not captured")
     baselines = args.baselines
@@ -150,7 +157,8 @@ def options_from_args(args: argparse.Namespace, default_baselines: tuple[str, ..
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     model = ModelOptions(args.model, args.precision, device, args.random_weights, args.tokenizer)
     compile_options = CompileOptions(args.compiler, args.cache, cuda_graphs_of(args, on_gpu), args.min_block_size,
-                                     engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir)
+                                     engine_cache_dir=None if args.no_engine_cache else args.engine_cache_dir,
+                                     export_cache_dir=None if args.no_export_cache else args.export_cache_dir)
     run = RunOptions(args.prompt, args.num_tokens, args.batch_size, args.benchmark, args.iterations, args.isl,
                      args.enable_pytorch_run, tuple(baselines), args.output_json)
     return Options(model, compile_options, run, backend=getattr(args, "backend", "sdpa"),

@@ -3,16 +3,26 @@
 The graph takes (input_ids | inputs_embeds, position_ids) and returns the last position's logits;
 it is dynamic in the sequence length, static in the batch size, and keeps attention as one sdpa
 node (popped from the decomposition table) for register_sdpa to rewrite.
+
+Tracing a model twice (export, then its decompositions) with a symbolic sequence length is most of a
+warm run's setup, so the exported program is kept in a cache folder without its weights (the graph
+alone) and later runs of the same model structure fill in the model's own tensors.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 from contextlib import contextmanager
 from unittest import mock
 
 import torch
 from torch.fx import GraphModule
 from torch.fx.graph import CodeGen
+
+from errors import logger
 
 
 @contextmanager
@@ -54,13 +64,32 @@ def plain_graph_module(program: torch.export.ExportedProgram) -> GraphModule:
 
 
 def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds: bool = False,
-               position_rows: int = 0) -> GraphModule:
+               position_rows: int = 0, cache_dir: str | None = None) -> GraphModule:
     """torch.export of model(input_ids|inputs_embeds, position_ids) -> (logits [B, 1, V],) of the last position.
 
     The graph is dynamic in the sequence length; the batch size is static (one export per batch size).
     `position_rows` > 0 gives position_ids [rows, B, L] (Qwen2.5-VL's multimodal RoPE takes 3).
-    Attention stays one sdpa node: it is popped from the decomposition table.
+    Attention stays one sdpa node: it is popped from the decomposition table. With `cache_dir` the exported
+    program is read from (or written to) that folder, keyed by the model's structure and these arguments.
     """
+    model.config.use_cache = False  # before the key: the config is part of it
+    path = cache_dir and os.path.join(cache_dir, _structure_key(model, batch_size, max_seq_len, embeds,
+                                                                position_rows) + ".pt2")
+    program = path and _cached_program(path, model)
+    if program is None:
+        program = _exported_program(model, batch_size, max_seq_len, embeds, position_rows)
+        if path:
+            _save_without_weights(program, path, model)
+    gm = plain_graph_module(program)
+    for node in gm.graph.find_nodes(op="placeholder"):
+        if node.name == "logits_to_keep" and not node.users:  # specialised to 1; not an input of the graph
+            gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
+def _exported_program(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds: bool,
+                      position_rows: int) -> torch.export.ExportedProgram:
     device = next(model.parameters()).device
     example_len = min(4, max_seq_len)
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
@@ -74,7 +103,6 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
     else:
         kwargs = {"input_ids": torch.zeros(batch_size, example_len, dtype=torch.long, device=device),
                   "position_ids": position_ids}
-    model.config.use_cache = False
     dynamic_shapes = {k: {position_ids.dim() - 1 if k == "position_ids" else 1: seq} for k in kwargs}
     kwargs["logits_to_keep"] = 1  # every loop reads the last position's logits only: skip the rest of lm_head
     dynamic_shapes["logits_to_keep"] = None
@@ -85,10 +113,68 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
                                       prefer_deferred_runtime_asserts_over_guards=True)
         decompositions = torch.export.default_decompositions()
         decompositions.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
-        program = program.run_decompositions(decompositions)
-    gm = plain_graph_module(program)
-    for node in gm.graph.find_nodes(op="placeholder"):
-        if node.name == "logits_to_keep" and not node.users:  # specialised to 1; not an input of the graph
-            gm.graph.erase_node(node)
-    gm.recompile()
-    return gm
+        return program.run_decompositions(decompositions)
+
+
+def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by its name, tied ones under each name (an exported program's keys)."""
+    return {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+
+
+def _structure_key(model: torch.nn.Module, *arguments) -> str:
+    """What the exported graph depends on: the torch and transformers versions, this file, the model's
+    modules, config and every tensor's name, shape, dtype and device, and export_llm's arguments."""
+    import transformers
+
+    lines = [torch.__version__, transformers.__version__, open(__file__).read(), repr(model),
+             model.config.to_json_string(), repr(arguments)]
+    lines += [f"{name} {tuple(t.shape)} {t.dtype} {t.device.type}" for name, t in _model_tensors(model).items()]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
+
+
+def _save_without_weights(program: torch.export.ExportedProgram, path: str, model: torch.nn.Module) -> None:
+    """Save the program with the model's tensors replaced by empty ones (written to a temporary file, then
+    renamed: a cache file is whole or absent)."""
+    tensors = _model_tensors(model)
+    tables = (program.state_dict, program.constants)
+    kept = [dict(table) for table in tables]
+    for table in tables:
+        for name, value in table.items():
+            if name in tensors:
+                empty = torch.empty(0, dtype=value.dtype)
+                table[name] = torch.nn.Parameter(empty, requires_grad=False) if isinstance(value, torch.nn.Parameter) \
+                    else empty
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".pt2")
+        os.close(handle)
+        torch.export.save(program, temporary)
+        os.replace(temporary, path)
+    except OSError as error:  # a cache that cannot be written costs the next run time, not this one its result
+        logger.warning("the exported graph could not be cached in %s (%s)", os.path.dirname(path), error)
+    finally:
+        for table, values in zip(tables, kept):
+            table.update(values)
+
+
+def _cached_program(path: str, model: torch.nn.Module) -> torch.export.ExportedProgram | None:
+    """The cached program with the model's tensors filled in; None where there is none (or it cannot be read)."""
+    if not os.path.exists(path):
+        return None
+    serializer = logging.getLogger("torch._export.serde.serialize")  # notes symbols the graph no longer uses
+    level = serializer.level
+    serializer.setLevel(logging.ERROR)
+    try:
+        program = torch.export.load(path)
+    except Exception as error:  # noqa: BLE001 - written by another torch, or damaged: export again
+        logger.debug("exported graph cache %s not used: %s", path, error)
+        return None
+    finally:
+        serializer.setLevel(level)
+    tensors = _model_tensors(model)
+    for table in (program.state_dict, program.constants):
+        for name in table:
+            if name in tensors:
+                table[name] = tensors[name]
+    logger.info("the exported graph came from the cache (%s)", path)
+    return program

@@ -51,6 +51,7 @@ class CompileOptions:
     min_block_size: int = 1  # TensorRT: smallest block to convert
     tuning: DecodeTuning = field(default_factory=DecodeTuning)  # inductor's decode-step tuning
     engine_cache_dir: str | None = None  # TensorRT: built engines are kept and reused here; None: always build
+    export_cache_dir: str | None = None  # exported graphs (without weights) are kept and reused here; None: none
 
     @property
     def label(self) -> str:

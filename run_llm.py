@@ -74,7 +74,8 @@ def build(model, options: Options, max_seq_len: int) -> tuple[Callable, object, 
     if options.backend == "plugin":
         caches = allocate_plugin_caches(model, batch_size, max_seq_len, model_options.dtype, model_options.device)
         return compile_plugin_model(PluginCausalLM(model), compile_options, caches, max_seq_len), None, caches
-    lowered = lower(export_llm(model, batch_size, max_seq_len), compile_options.cache, max_seq_len)
+    lowered = lower(export_llm(model, batch_size, max_seq_len, cache_dir=compile_options.export_cache_dir),
+                    compile_options.cache, max_seq_len)
     compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
     cached = (cached_model(compiled, lowered, compile_options, model_options, batch_size, max_seq_len)
               if compile_options.cache else None)

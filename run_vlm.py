@@ -105,7 +105,8 @@ def main(options: Options) -> None:
     with stage(f"exporting and compiling the model ({label})"):
         vlm.compile_vision(compile_options, model_options, run.batch_size)
         lowered = lower(export_llm(language_model, run.batch_size, max_seq_len, embeds=True,
-                                   position_rows=vlm.position_rows), compile_options.cache, max_seq_len)
+                                   position_rows=vlm.position_rows, cache_dir=compile_options.export_cache_dir),
+                            compile_options.cache, max_seq_len)
         compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
         cached = (cached_model(compiled, lowered, compile_options, model_options, run.batch_size, max_seq_len)
                   if compile_options.cache else None)

@@ -1,0 +1,90 @@
+"""The exported-graph cache: a second export of the same structure reads the graph from disk, computes
+with the model's own weights (not the weights of the run that wrote it), and other structures miss it."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+import export
+from conftest import tiny_model
+from export import export_llm
+
+
+def _last_logits(gm, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return gm(ids, torch.arange(ids.shape[1]).expand(ids.shape[0], -1))[0][:, -1]
+
+
+def _hf_last_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits[:, -1]
+
+
+def _reweighted(model):
+    """The same structure with other weights."""
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return other
+
+
+def _no_trace(*args, **kwargs):
+    raise AssertionError("exported again: the cache was not used")
+
+
+def test_a_cached_graph_computes_with_the_new_models_weights(tmp_path, monkeypatch):
+    model = tiny_model("tiny-llama")
+    export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    (saved,) = os.listdir(tmp_path)
+    stored = torch.export.load(str(tmp_path / saved)).state_dict
+    assert stored and all(tensor.numel() == 0 for tensor in stored.values())  # the graph without its weights
+
+    other = _reweighted(model)
+    monkeypatch.setattr(export, "_exported_program", _no_trace)
+    gm = export_llm(other, 1, 32, cache_dir=str(tmp_path))
+    ids = torch.randint(0, 200, (1, 9), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_last_logits(gm, ids), _hf_last_logits(other, ids), rtol=1e-4, atol=1e-4)
+
+
+def test_a_cache_that_kept_the_writers_weights_is_caught(tmp_path, monkeypatch):
+    """The comparison above fails for a cache whose graph computes with the weights of the run that wrote it."""
+    model = tiny_model("tiny-llama")
+    export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    (saved,) = os.listdir(tmp_path)
+    torch.export.save(export._exported_program(model, 1, 32, False, 0), str(tmp_path / saved))  # weights inside
+    monkeypatch.setattr(export, "_cached_program", lambda path, model: torch.export.load(path))  # none filled in
+    other = _reweighted(model)
+    gm = export_llm(other, 1, 32, cache_dir=str(tmp_path))
+    ids = torch.randint(0, 200, (1, 9), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(_last_logits(gm, ids), _hf_last_logits(other, ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("change", ["batch size", "sequence length", "model"])
+def test_another_structure_exports_again(tmp_path, change):
+    model = tiny_model("tiny-llama")
+    export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    if change == "batch size":
+        export_llm(model, 2, 32, cache_dir=str(tmp_path))
+    elif change == "sequence length":
+        export_llm(model, 1, 48, cache_dir=str(tmp_path))
+    else:
+        export_llm(tiny_model("tiny-qwen3"), 1, 32, cache_dir=str(tmp_path))
+    assert len(os.listdir(tmp_path)) == 2
+
+
+def test_a_damaged_cache_file_is_exported_again(tmp_path):
+    model = tiny_model("tiny-llama")
+    export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    (saved,) = os.listdir(tmp_path)
+    (tmp_path / saved).write_bytes(b"not a program")
+    gm = export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    ids = torch.randint(0, 200, (1, 9), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_last_logits(gm, ids), _hf_last_logits(model, ids), rtol=1e-4, atol=1e-4)
+    assert os.path.getsize(tmp_path / saved) > len(b"not a program")  # and written anew
