@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 from unittest import mock
 
 import torch
@@ -118,7 +119,8 @@ def _exported_program(model: torch.nn.Module, batch_size: int, max_seq_len: int,
 
 def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer by its name, tied ones under each name (an exported program's keys)."""
-    return {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    return {**tensors, **dict(model.named_buffers(remove_duplicate=False))}
 
 
 def _structure_key(model: torch.nn.Module, *arguments) -> str:
@@ -126,9 +128,9 @@ def _structure_key(model: torch.nn.Module, *arguments) -> str:
     modules, config and every tensor's name, shape, dtype and device, and export_llm's arguments."""
     import transformers
 
-    lines = [torch.__version__, transformers.__version__, open(__file__).read(), repr(model),
+    lines = [torch.__version__, transformers.__version__, Path(__file__).read_text(), repr(model),
              model.config.to_json_string(), repr(arguments)]
-    lines += [f"{name} {tuple(t.shape)} {t.dtype} {t.device.type}" for name, t in _model_tensors(model).items()]
+    lines += [f"{name} {tuple(t.shape)} {t.dtype} {t.device}" for name, t in _model_tensors(model).items()]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
 
 
@@ -144,14 +146,17 @@ def _save_without_weights(program: torch.export.ExportedProgram, path: str, mode
                 empty = torch.empty(0, dtype=value.dtype)
                 table[name] = torch.nn.Parameter(empty, requires_grad=False) if isinstance(value, torch.nn.Parameter) \
                     else empty
+    temporary = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".pt2")
         os.close(handle)
         torch.export.save(program, temporary)
         os.replace(temporary, path)
-    except OSError as error:  # a cache that cannot be written costs the next run time, not this one its result
+    except Exception as error:  # noqa: BLE001 - a cache that cannot be written costs the next run time, not this run
         logger.warning("the exported graph could not be cached in %s (%s)", os.path.dirname(path), error)
+        if temporary and os.path.exists(temporary):
+            os.remove(temporary)
     finally:
         for table, values in zip(tables, kept):
             table.update(values)

@@ -88,3 +88,15 @@ def test_a_damaged_cache_file_is_exported_again(tmp_path):
     ids = torch.randint(0, 200, (1, 9), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(_last_logits(gm, ids), _hf_last_logits(model, ids), rtol=1e-4, atol=1e-4)
     assert os.path.getsize(tmp_path / saved) > len(b"not a program")  # and written anew
+
+
+def test_a_graph_that_cannot_be_saved_leaves_the_run_and_no_file_behind(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot serialize")
+
+    monkeypatch.setattr(torch.export, "save", refuse)
+    model = tiny_model("tiny-llama")
+    gm = export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    ids = torch.randint(0, 200, (1, 9), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_last_logits(gm, ids), _hf_last_logits(model, ids), rtol=1e-4, atol=1e-4)
+    assert os.listdir(tmp_path) == []
