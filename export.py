@@ -12,6 +12,7 @@ alone) and later runs of the same model structure fill in the model's own tensor
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import logging
 import os
 import tempfile
@@ -37,6 +38,18 @@ def _no_packed_sequences():
 
     with mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None):
         yield
+
+
+_cache_outcomes: Counter = Counter()  # "hit" and "miss" of this process's exports that had a cache folder
+
+
+def export_cache_state() -> str:
+    """How this process's exports went: 'warm' (every graph came from the cache), 'cold' (none did),
+    'partly warm', or 'none' (no export used a cache)."""
+    hits, misses = _cache_outcomes["hit"], _cache_outcomes["miss"]
+    if not hits and not misses:
+        return "none"
+    return "warm" if not misses else "cold" if not hits else "partly warm"
 
 
 # Shape and dtype checks that export leaves in the graph: the generation loops call it with
@@ -77,6 +90,8 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
     path = cache_dir and os.path.join(cache_dir, _structure_key(model, batch_size, max_seq_len, embeds,
                                                                 position_rows) + ".pt2")
     program = path and _cached_program(path, model)
+    if path:
+        _cache_outcomes["hit" if program is not None else "miss"] += 1
     if program is None:
         program = _exported_program(model, batch_size, max_seq_len, embeds, position_rows)
         if path:

@@ -17,6 +17,7 @@ import torch
 
 from compilers.inductor_cache import inductor_cache_state
 from errors import UsageError
+from export import export_cache_state
 from options import Options
 
 
@@ -109,7 +110,7 @@ def report_generation(options: Options, label: str, decode, prompt_len: int, tok
         write_json(options.run.output_json, RunSetup.of(options),
                    {"texts": texts, "new_tokens": new_tokens, "match": match,
                     "teacher_forced": forced.as_dict() if forced is not None else None},
-                   {"inductor_cache": inductor_cache_state()})
+                   {"inductor_cache": inductor_cache_state(), "export_cache": export_cache_state()})
 
 
 COLUMNS = [("ttft_ms", "TTFT ms"), ("decode_tokens_per_s", "decode tok/s"), ("tpot_ms", "TPOT ms"),
@@ -156,7 +157,8 @@ def report_benchmark(options: Options, results: dict[str, dict], notes: dict, fo
                      build_seconds: float) -> None:
     """Print the table (and what its columns mean), and write the JSON when --output_json asks for it."""
     setup = RunSetup.of(options)
-    notes = {**notes, "inductor_cache": inductor_cache_state()}  # warm: every inductor graph came from its disk cache
+    # warm: every inductor graph (every exported graph) came from its disk cache
+    notes = {**notes, "inductor_cache": inductor_cache_state(), "export_cache": export_cache_state()}
     if not options.model.on_gpu:
         notes["timings"] = "CPU, indicative only"
     print(format_table(setup, results, notes))

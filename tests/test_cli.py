@@ -273,3 +273,20 @@ def test_a_second_inductor_run_loads_its_compiled_graphs_from_the_cache_folder(t
     assert state("a") == "cold"
     assert os.listdir(tmp_path / "a")
     assert state("a") == "warm"
+
+
+def test_a_second_run_reads_its_exported_graph_from_the_cache_folder(tmp_path):
+    """--export_cache_dir: the first run exports (cold), the same command again reads the graph (warm), with
+    the same tokens; --no_export_cache uses none. The JSON says which."""
+    def run(*flags: str) -> dict:
+        out = tmp_path / "r.json"
+        result = run_llm("--model", "tiny-llama", "--compiler", "eager", "--cache", "static_v3", "--precision", "FP32",
+                         "--num_tokens", "6", "--random_weights", "--output_json", str(out), *flags)
+        assert result.returncode == 0, result.stderr
+        return json.loads(out.read_text())
+
+    folder = ["--export_cache_dir", str(tmp_path / "exports")]
+    cold, warm = run(*folder), run(*folder)
+    assert (cold["export_cache"], warm["export_cache"]) == ("cold", "warm")
+    assert warm["results"]["new_tokens"] == cold["results"]["new_tokens"]
+    assert run("--no_export_cache")["export_cache"] == "none"
