@@ -92,7 +92,6 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_model: str, de
     comp.add_argument("--inductor_cache_dir", default=DEFAULT_INDUCTOR_CACHE_DIR, metavar="DIR",
                       help="inductor (and the baselines' torch.compile): keep compiled graphs, autotuning results "
                            "and kernels here for later runs (default: $TORCHINDUCTOR_CACHE_DIR, else %(default)s)")
-
     comp.add_argument("--export_cache_dir", default=os.path.join(PROJECT_CACHE_DIR, "exports"), metavar="DIR",
                       help="keep each exported graph here (without weights) and reuse it in later runs of a model "
                            "of the same structure and versions (default: %(default)s)")
@@ -275,6 +274,9 @@ def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
                if given(flag) and args.compiler != "tensorrt"]
     if given("plugin_path") and getattr(args, "backend", "sdpa") != "plugin":
         unused.append("--plugin_path is used only with --backend plugin")
+    if getattr(args, "backend", "sdpa") == "plugin":  # the plugin's model is compiled without an export
+        unused += [f"--{flag} is not used with --backend plugin" for flag in ("export_cache_dir", "no_export_cache")
+                   if given(flag)]
     for line in unused:
         logger.warning("%s; ignored", line)
 

@@ -290,3 +290,19 @@ def test_a_second_run_reads_its_exported_graph_from_the_cache_folder(tmp_path):
     assert (cold["export_cache"], warm["export_cache"]) == ("cold", "warm")
     assert warm["results"]["new_tokens"] == cold["results"]["new_tokens"]
     assert run("--no_export_cache")["export_cache"] == "none"
+
+
+def test_export_cache_flags_with_the_plugin_backend_are_reported_unused(caplog):
+    import logging
+
+    import cli
+
+    parser = script_module("run_llm.py").build_parser()
+    args = parser.parse_args(["--backend", "plugin", "--no_export_cache"])
+    with caplog.at_level(logging.WARNING, logger="llm_tools"):
+        cli.warn_unused(parser, args)
+    assert "--no_export_cache is not used with --backend plugin; ignored" in caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="llm_tools"):
+        cli.warn_unused(parser, parser.parse_args(["--no_export_cache"]))
+    assert not caplog.messages
