@@ -12,6 +12,7 @@ alone) and later runs of the same model structure fill in the model's own tensor
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections import Counter
 import logging
 import os
@@ -138,13 +139,26 @@ def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {**tensors, **dict(model.named_buffers(remove_duplicate=False))}
 
 
+def _source_files(model: torch.nn.Module) -> list[str]:
+    """The files that define the model's module classes (a remote-code model's own among them)."""
+    files = set()
+    for module in model.modules():
+        try:
+            files.add(inspect.getsourcefile(type(module)))
+        except TypeError:  # a class defined outside any file
+            pass
+    return sorted(file for file in files if file)
+
+
 def _structure_key(model: torch.nn.Module, *arguments) -> str:
-    """What the exported graph depends on: the torch and transformers versions, this file, the model's
-    modules, config and every tensor's name, shape, dtype and device, and export_llm's arguments."""
+    """What the exported graph depends on: the torch and transformers versions, this file and the files of
+    the model's module classes, its modules, config and every tensor's name, shape, dtype and device, and
+    export_llm's arguments."""
     import transformers
 
     lines = [torch.__version__, transformers.__version__, Path(__file__).read_text(), repr(model),
              model.config.to_json_string(), repr(arguments)]
+    lines += [Path(file).read_text() for file in _source_files(model)]
     lines += [f"{name} {tuple(t.shape)} {t.dtype} {t.device}" for name, t in _model_tensors(model).items()]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
 

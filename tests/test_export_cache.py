@@ -100,3 +100,17 @@ def test_a_graph_that_cannot_be_saved_leaves_the_run_and_no_file_behind(tmp_path
     ids = torch.randint(0, 200, (1, 9), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(_last_logits(gm, ids), _hf_last_logits(model, ids), rtol=1e-4, atol=1e-4)
     assert os.listdir(tmp_path) == []
+
+
+
+def test_the_key_follows_the_models_source_files(tmp_path, monkeypatch):
+    """A model whose modeling code changed (a remote-code update, say) exports again."""
+    model, cache = tiny_model("tiny-llama"), str(tmp_path / "cache")
+    export_llm(model, 1, 32, cache_dir=cache)
+    files = export._source_files(model)
+    (llama_file,) = [file for file in files if file.endswith("modeling_llama.py")]
+    edited = tmp_path / "modeling_llama.py"
+    edited.write_text(open(llama_file).read() + "\n# edited\n")
+    monkeypatch.setattr(export, "_source_files", lambda model: [str(edited) if f == llama_file else f for f in files])
+    export_llm(model, 1, 32, cache_dir=cache)
+    assert len(os.listdir(cache)) == 2
