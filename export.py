@@ -82,19 +82,21 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
                position_rows: int = 0, cache_dir: str | None = None) -> GraphModule:
     """torch.export of model(input_ids|inputs_embeds, position_ids) -> (logits [B, 1, V],) of the last position.
 
-    The graph is dynamic in the sequence length; the batch size is static (one export per batch size).
+    The graph is dynamic in the sequence length, up to `length_bound(max_seq_len)` so that runs of nearby
+    lengths share a cached graph; the batch size is static (one export per batch size).
     `position_rows` > 0 gives position_ids [rows, B, L] (Qwen2.5-VL's multimodal RoPE takes 3).
     Attention stays one sdpa node: it is popped from the decomposition table. With `cache_dir` the exported
     program is read from (or written to) that folder, keyed by the model's structure and these arguments.
     """
     model.config.use_cache = False  # before the key: the config is part of it
-    path = cache_dir and os.path.join(cache_dir, _structure_key(model, batch_size, max_seq_len, embeds,
-                                                                position_rows) + ".pt2")
+    bound = length_bound(max_seq_len, getattr(model.config, "max_position_embeddings", None))
+    path = (os.path.join(cache_dir, _structure_key(model, batch_size, bound, embeds, position_rows) + ".pt2")
+            if cache_dir else None)
     program = path and _cached_program(path, model)
     if path:
         _cache_outcomes["hit" if program is not None else "miss"] += 1
     if program is None:
-        program = _exported_program(model, batch_size, max_seq_len, embeds, position_rows)
+        program = _exported_program(model, batch_size, bound, embeds, position_rows)
         if path:
             _save_without_weights(program, path, model)
     gm = plain_graph_module(program)
@@ -103,6 +105,14 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
             gm.graph.erase_node(node)
     gm.recompile()
     return gm
+
+
+def length_bound(max_seq_len: int, max_positions: int | None) -> int:
+    """The longest sequence the exported graph takes: max_seq_len rounded up to a power of two, within the
+    model's positions. The later stages bound the length by max_seq_len themselves (caches, TensorRT's
+    profiles), so a graph exported for longer sequences serves shorter ones unchanged."""
+    rounded = 1 << (max_seq_len - 1).bit_length()
+    return max(max_seq_len, min(rounded, max_positions or rounded))
 
 
 def _exported_program(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds: bool,

@@ -114,3 +114,21 @@ def test_the_key_follows_the_models_source_files(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "_source_files", lambda model: [str(edited) if f == llama_file else f for f in files])
     export_llm(model, 1, 32, cache_dir=cache)
     assert len(os.listdir(cache)) == 2
+
+
+def test_nearby_lengths_share_a_graph_that_serves_each(tmp_path, monkeypatch):
+    """Lengths up to the same power of two share one cached graph; read back for the shorter run, it computes
+    that run's logits (the caches and TensorRT's profiles bound the length themselves)."""
+    model = tiny_model("tiny-llama")
+    export_llm(model, 1, 60, cache_dir=str(tmp_path))
+    monkeypatch.setattr(export, "_exported_program", _no_trace)
+    gm = export_llm(model, 1, 40, cache_dir=str(tmp_path))
+    assert len(os.listdir(tmp_path)) == 1
+    ids = torch.randint(0, 200, (1, 40), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(_last_logits(gm, ids), _hf_last_logits(model, ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("max_seq_len, max_positions, bound", [(40, 2048, 64), (64, 2048, 64), (65, 2048, 128),
+                                                               (1000, 1024, 1024), (1030, 1024, 1030), (7, None, 8)])
+def test_length_bound(max_seq_len, max_positions, bound):
+    assert export.length_bound(max_seq_len, max_positions) == bound
