@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections import Counter
 import logging
 import os
 import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import export
-from conftest import tiny_model
+from conftest import FAMILIES, tiny_model
 from export import export_llm
+from utils import lower
 
 
 def _last_logits(gm, ids: torch.Tensor) -> torch.Tensor:
@@ -132,3 +133,11 @@ def test_nearby_lengths_share_a_graph_that_serves_each(tmp_path, monkeypatch):
                                                                (1000, 1024, 1024), (1030, 1024, 1030), (7, None, 8)])
 def test_length_bound(max_seq_len, max_positions, bound):
     assert export.length_bound(max_seq_len, max_positions) == bound
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_cached_graph_lowers_to_the_same_code_as_a_fresh_export(tmp_path, family):
+    model = tiny_model(family)
+    export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    fresh, cached = export_llm(model, 1, 32), export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    assert lower(cached, "static_v3", 32).code == lower(fresh, "static_v3", 32).code
