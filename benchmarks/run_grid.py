@@ -7,11 +7,17 @@
     python benchmarks/run_grid.py --out results/ --models meta-llama/Llama-3.1-8B-Instruct --iterations 3 \\
         --quantizations none int8_weight_only fp8_weight_only --baselines hf_compiled_step torchao_int8_step
 
+    python benchmarks/run_grid.py --out results/ --models Qwen/Qwen2.5-0.5B-Instruct --iterations 3 \\
+        --baselines hf_compiled_step --cold_and_warm
+
 Every configuration runs in its own process (a fresh GPU state, its own compile), with random
 weights in FP16 unless told otherwise, and writes its JSON and its output (.log) next to the
 table. Each row of results.md carries the command that produced it. With --resume, a grid that was
 stopped, or that is run in parts, runs only the configurations whose JSON is missing or came from
-another command.
+another command. With --cold_and_warm each configuration runs twice over caches of its own in
+--out (inductor's, the exported graphs', TensorRT's engines): first emptied (cold), then as the
+first run left them (warm), so its compile times are a cold and a warm one whatever the machine
+had cached before.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -74,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quantizations", nargs="+", choices=list(QUANTIZATIONS), default=["none"],
                         help="each model also quantized so (ModelOpt; none: as it is), one configuration each")
     parser.add_argument("--timeout", type=positive, default=1800, help="seconds per configuration")
+    parser.add_argument("--cold_and_warm", action="store_true",
+                        help="run each configuration twice over caches of its own: emptied first (cold), then warm")
     parser.add_argument("--resume", action="store_true",
                         help="keep the configurations whose JSON in --out came from the same command; run the rest")
     args = parser.parse_args(argv)
@@ -94,7 +103,7 @@ def check_grid(args: argparse.Namespace) -> None:
 
 
 def command_for(args: argparse.Namespace, model: str, isl: int, osl: int, batch_size: int, json_path: str,
-                quantization: str = "none") -> list[str]:
+                quantization: str = "none", cache_dir: str | None = None) -> list[str]:
     command = ["python", "run_llm.py", "--model", model, "--random_weights", "--precision", args.precision,
                "--compiler", args.compiler, "--cache", args.cache, "--benchmark", "--isl", str(isl),
                "--num_tokens", str(osl), "--batch_size", str(batch_size), "--iterations", str(args.iterations),
@@ -103,6 +112,11 @@ def command_for(args: argparse.Namespace, model: str, isl: int, osl: int, batch_
         command.append("--cudagraph")
     if args.baselines:
         command += ["--enable_pytorch_run", "--baselines", *args.baselines]
+    if cache_dir:
+        command += ["--inductor_cache_dir", os.path.join(cache_dir, "inductor"),
+                    "--export_cache_dir", os.path.join(cache_dir, "exports")]
+        if args.compiler == "tensorrt":
+            command += ["--engine_cache_dir", os.path.join(cache_dir, "engines")]
     return command + ["--output_json", json_path]
 
 
@@ -156,6 +170,12 @@ def table(rows: list[tuple[str, str, dict | str, str]]) -> str:
     return "\n".join(lines)
 
 
+def runs_of(args: argparse.Namespace, configurations: list[tuple]) -> list[tuple]:
+    """Each configuration once ("" for the caches the machine has), or cold then warm with --cold_and_warm."""
+    compiles = ("cold", "warm") if args.cold_and_warm else ("",)
+    return [(*configuration, compiled) for configuration in configurations for compiled in compiles]
+
+
 def main(args: argparse.Namespace) -> None:
     check_grid(args)
     os.makedirs(args.out, exist_ok=True)
@@ -163,18 +183,24 @@ def main(args: argparse.Namespace) -> None:
     configurations = [(model, isl, osl, batch_size, quantization) for model in args.models
                       for quantization in args.quantizations for isl, osl in args.shapes
                       for batch_size in args.batch_sizes]
-    for model, isl, osl, batch_size, quantization in configurations:
+    for model, isl, osl, batch_size, quantization, compiled in runs_of(args, configurations):
         total += 1
-        suffix = "" if quantization == "none" else f"_{quantization}"
-        json_path = os.path.join(args.out, f"{model.replace('/', '_')}_b{batch_size}_{isl}_{osl}{suffix}.json")
-        command = command_for(args, model, isl, osl, batch_size, json_path, quantization)
+        name = f"{model.replace('/', '_')}_b{batch_size}_{isl}_{osl}" + ("" if quantization == "none" else
+                                                                         f"_{quantization}")
+        json_path = os.path.join(args.out, name + (f"_{compiled}" if compiled else "") + ".json")
+        cache_dir = os.path.join(args.out, "caches", name) if compiled else None
+        command = command_for(args, model, isl, osl, batch_size, json_path, quantization, cache_dir)
         shown = shlex.join(command[:-2])
-        configuration = f"{model} | {batch_size} | {isl}/{osl}"
+        configuration = f"{model} | {batch_size} | {isl}/{osl}" + (f" ({compiled})" if compiled else "")
         results = measured_before(json_path, shown) if args.resume else None
+        if compiled == "cold" and not os.path.isdir(cache_dir):  # the warm run needs what this one leaves
+            results = None
         failure = None
         if results is not None:
             print(f"kept: {json_path}", flush=True)
         else:
+            if compiled == "cold":
+                shutil.rmtree(cache_dir, ignore_errors=True)
             print(f"running: {shown}", flush=True)
             failure = run_configuration(command, json_path, args.timeout)
             results = read_results(json_path) if failure is None else None

@@ -107,3 +107,39 @@ def test_each_quantization_is_its_own_configuration(tmp_path, monkeypatch):
                                                              "tiny-llama_b1_8_4_int8_weight_only.json"]
     assert "--quant_format" not in runs[0][0]
     assert " --quant_format int8 --weight_only " in " ".join(runs[1][0])
+
+
+@pytest.mark.slow
+def test_cold_and_warm_runs_each_configuration_over_its_own_caches(tmp_path):
+    """--cold_and_warm: the first run finds nothing cached (inductor's graphs, the exported graph), the second
+    finds everything the first left; the JSON of each says so."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run_grid.py"), "--out", str(tmp_path),
+                           *GRID, "--cold_and_warm"], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stderr
+    for compiled in ("cold", "warm"):
+        saved = json.loads((tmp_path / f"tiny-llama_b1_8_4_{compiled}.json").read_text())
+        assert (saved["inductor_cache"], saved["export_cache"]) == (compiled, compiled)
+        assert f"--inductor_cache_dir {tmp_path / 'caches' / 'tiny-llama_b1_8_4' / 'inductor'}" in saved["command"]
+    rows = [line for line in (tmp_path / "results.md").read_text().splitlines() if line.startswith("| tiny-llama")]
+    assert [row.split(" | ")[2] for row in rows] == ["8/4 (cold)"] * 2 + ["8/4 (warm)"] * 2
+
+
+def test_a_cold_run_starts_from_empty_caches(tmp_path, monkeypatch):
+    """Whatever an earlier grid left in the configuration's caches is removed before its cold run, and kept for
+    its warm run."""
+    run_grid = script_module("benchmarks", "run_grid.py")
+    left = tmp_path / "caches" / "tiny-llama_b1_8_4" / "inductor" / "left_by_an_earlier_grid"
+    left.parent.mkdir(parents=True)
+    left.write_text("")
+    seen = []
+
+    def run(command, path, _):
+        seen.append((os.path.basename(path), left.exists()))
+        left.parent.mkdir(parents=True, exist_ok=True)
+        left.write_text("")  # what this run caches
+        return "failed: not run"
+
+    monkeypatch.setattr(run_grid, "run_configuration", run)
+    with pytest.raises(SystemExit):
+        run_grid.main(run_grid.parse_args(["--out", str(tmp_path), *GRID, "--cold_and_warm"]))
+    assert seen == [("tiny-llama_b1_8_4_cold.json", False), ("tiny-llama_b1_8_4_warm.json", True)]
