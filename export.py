@@ -19,6 +19,7 @@ import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 from unittest import mock
 
 import torch
@@ -90,21 +91,29 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
     """
     model.config.use_cache = False  # before the key: the config is part of it
     bound = length_bound(max_seq_len, getattr(model.config, "max_position_embeddings", None))
-    path = (os.path.join(cache_dir, _structure_key(model, batch_size, bound, embeds, position_rows) + ".pt2")
-            if cache_dir else None)
-    program = path and _cached_program(path, model)
-    if path:
-        _cache_outcomes["hit" if program is not None else "miss"] += 1
-    if program is None:
-        program = _exported_program(model, batch_size, bound, embeds, position_rows)
-        if path:
-            _save_without_weights(program, path, model)
+    program = cached_export(model, (batch_size, bound, embeds, position_rows),
+                            lambda: _exported_program(model, batch_size, bound, embeds, position_rows), cache_dir)
     gm = plain_graph_module(program)
     for node in gm.graph.find_nodes(op="placeholder"):
         if node.name == "logits_to_keep" and not node.users:  # specialised to 1; not an input of the graph
             gm.graph.erase_node(node)
     gm.recompile()
     return gm
+
+
+def cached_export(module: torch.nn.Module, arguments: tuple, export: Callable[[], torch.export.ExportedProgram],
+                  cache_dir: str | None) -> torch.export.ExportedProgram:
+    """`export()`, or with `cache_dir` the program an earlier run saved there for the same module structure and
+    `arguments` (what else the export depends on), with this module's tensors filled in."""
+    if not cache_dir:
+        return export()
+    path = os.path.join(cache_dir, _structure_key(module, *arguments) + ".pt2")
+    program = _cached_program(path, module)
+    _cache_outcomes["hit" if program is not None else "miss"] += 1
+    if program is None:
+        program = export()
+        _save_without_weights(program, path, module)
+    return program
 
 
 def length_bound(max_seq_len: int, max_positions: int | None) -> int:
@@ -163,11 +172,12 @@ def _source_files(model: torch.nn.Module) -> list[str]:
 def _structure_key(model: torch.nn.Module, *arguments) -> str:
     """What the exported graph depends on: the torch and transformers versions, this file and the files of
     the model's module classes, its modules, config and every tensor's name, shape, dtype and device, and
-    export_llm's arguments."""
+    the export's own arguments."""
     import transformers
 
+    config = getattr(model, "config", None)
     lines = [torch.__version__, transformers.__version__, Path(__file__).read_text(), repr(model),
-             model.config.to_json_string(), repr(arguments)]
+             config.to_json_string() if config is not None else "", repr(arguments)]
     lines += [Path(file).read_text() for file in _source_files(model)]
     lines += [f"{name} {tuple(t.shape)} {t.dtype} {t.device}" for name, t in _model_tensors(model).items()]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]

@@ -141,3 +141,26 @@ def test_a_cached_graph_lowers_to_the_same_code_as_a_fresh_export(tmp_path, fami
     export_llm(model, 1, 32, cache_dir=str(tmp_path))
     fresh, cached = export_llm(model, 1, 32), export_llm(model, 1, 32, cache_dir=str(tmp_path))
     assert lower(cached, "static_v3", 32).code == lower(fresh, "static_v3", 32).code
+
+
+def test_eagle2s_vision_tower_is_read_from_the_cache_with_its_own_weights(tmp_path, monkeypatch):
+    from load.models import load_config
+    from options import CompileOptions, ModelOptions
+    from vlm.families import FAMILIES
+
+    options = ModelOptions("tiny-eagle2", "FP32", "cpu")
+    config = load_config(options)
+    compile_options = CompileOptions("eager", export_cache_dir=str(tmp_path))
+    size = config.vision_config.image_size
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    FAMILIES[config.model_type].load(options, config).compile_vision(compile_options, options, 1)
+
+    vlm = FAMILIES[config.model_type].load(options, config)
+    vlm.vision = _reweighted(vlm.vision)
+    with torch.no_grad():
+        expected = vlm.vision(pixels)
+    monkeypatch.setattr(torch.export, "export", _no_trace)
+    vlm.compile_vision(compile_options, options, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(vlm.vision(pixels), expected, rtol=1e-4, atol=1e-4)
+    assert len(os.listdir(tmp_path)) == 1

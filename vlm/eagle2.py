@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from errors import logger
+from export import cached_export
 from generation.loops import Prompt, StopRule, generate_no_cache
 from load.eagle2_structure import MODEL_TYPE, Eagle2ForConditionalGeneration, features_from_vision
 from load.models import load_model
@@ -60,7 +61,9 @@ class Eagle2:
         """Export the vision tower for this run's pixel shape and compile it with --compiler."""
         size = self.config.vision_config.image_size
         example = torch.zeros(batch_size, 3, size, size, dtype=self.model.dtype, device=model.device)
-        program = torch.export.export(self.vision, (example,))
+        program = cached_export(self.vision, (self.config.vision_config.to_json_string(), tuple(example.shape),
+                                              example.dtype),
+                                lambda: torch.export.export(self.vision, (example,)), options.export_cache_dir)
         if options.compiler == "eager":
             self.vision = program.module()
         elif options.compiler == "inductor":
