@@ -107,12 +107,13 @@ def cached_export(module: torch.nn.Module, arguments: tuple, export: Callable[[]
     `arguments` (what else the export depends on), with this module's tensors filled in."""
     if not cache_dir:
         return export()
-    path = os.path.join(cache_dir, _structure_key(module, *arguments) + ".pt2")
-    program = _cached_program(path, module)
+    tensors = _model_tensors(module)
+    path = os.path.join(cache_dir, _structure_key(module, tensors, *arguments) + ".pt2")
+    program = _cached_program(path, tensors)
     _cache_outcomes["hit" if program is not None else "miss"] += 1
     if program is None:
         program = export()
-        _save_without_weights(program, path, module)
+        _save_without_weights(program, path, tensors)
     return program
 
 
@@ -169,7 +170,7 @@ def _source_files(model: torch.nn.Module) -> list[str]:
     return sorted(file for file in files if file)
 
 
-def _structure_key(model: torch.nn.Module, *arguments) -> str:
+def _structure_key(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *arguments) -> str:
     """What the exported graph depends on: the torch and transformers versions, this file and the files of
     the model's module classes, its modules, config and every tensor's name, shape, dtype and device, and
     the export's own arguments."""
@@ -179,14 +180,14 @@ def _structure_key(model: torch.nn.Module, *arguments) -> str:
     lines = [torch.__version__, transformers.__version__, Path(__file__).read_text(), repr(model),
              config.to_json_string() if config is not None else "", repr(arguments)]
     lines += [Path(file).read_text() for file in _source_files(model)]
-    lines += [f"{name} {tuple(t.shape)} {t.dtype} {t.device}" for name, t in _model_tensors(model).items()]
+    lines += [f"{name} {tuple(t.shape)} {t.dtype} {t.device}" for name, t in tensors.items()]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
 
 
-def _save_without_weights(program: torch.export.ExportedProgram, path: str, model: torch.nn.Module) -> None:
-    """Save the program with the model's tensors replaced by empty ones (written to a temporary file, then
+def _save_without_weights(program: torch.export.ExportedProgram, path: str,
+                          tensors: dict[str, torch.Tensor]) -> None:
+    """Save the program with the model's `tensors` replaced by empty ones (written to a temporary file, then
     renamed: a cache file is whole or absent)."""
-    tensors = _model_tensors(model)
     tables = (program.state_dict, program.constants)
     kept = [dict(table) for table in tables]
     for table in tables:
@@ -211,8 +212,8 @@ def _save_without_weights(program: torch.export.ExportedProgram, path: str, mode
             table.update(values)
 
 
-def _cached_program(path: str, model: torch.nn.Module) -> torch.export.ExportedProgram | None:
-    """The cached program with the model's tensors filled in; None where there is none (or it cannot be read)."""
+def _cached_program(path: str, tensors: dict[str, torch.Tensor]) -> torch.export.ExportedProgram | None:
+    """The cached program with the model's `tensors` filled in; None where there is none (or it cannot be read)."""
     if not os.path.exists(path):
         return None
     serializer = logging.getLogger("torch._export.serde.serialize")  # notes symbols the graph no longer uses
@@ -225,7 +226,6 @@ def _cached_program(path: str, model: torch.nn.Module) -> torch.export.ExportedP
         return None
     finally:
         serializer.setLevel(level)
-    tensors = _model_tensors(model)
     for table in (program.state_dict, program.constants):
         for name in table:
             if name in tensors:

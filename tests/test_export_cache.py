@@ -59,7 +59,7 @@ def test_a_cache_that_kept_the_writers_weights_is_caught(tmp_path, monkeypatch):
     export_llm(model, 1, 32, cache_dir=str(tmp_path))
     (saved,) = os.listdir(tmp_path)
     torch.export.save(export._exported_program(model, 1, 32, False, 0), str(tmp_path / saved))  # weights inside
-    monkeypatch.setattr(export, "_cached_program", lambda path, model: torch.export.load(path))  # none filled in
+    monkeypatch.setattr(export, "_cached_program", lambda path, tensors: torch.export.load(path))  # none filled in
     other = _reweighted(model)
     gm = export_llm(other, 1, 32, cache_dir=str(tmp_path))
     ids = torch.randint(0, 200, (1, 9), generator=torch.Generator().manual_seed(0))
