@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# The project's caches (exported graphs, inductor's, TensorRT engines) go to a folder of this test process,
+# set before the project's modules read it: tests neither fill the user's cache folder nor find what it holds.
+SESSION_CACHE_HOME = tempfile.mkdtemp(prefix="torch_tensorrt_llm_tests_")
+os.environ["XDG_CACHE_HOME"] = SESSION_CACHE_HOME
+os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+atexit.register(shutil.rmtree, SESSION_CACHE_HOME, ignore_errors=True)
 
 from compilers.decode_tuning import DecodeTuning  # noqa: E402
 from export import export_llm  # noqa: E402

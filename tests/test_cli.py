@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, script_module
+from conftest import ROOT, SESSION_CACHE_HOME, script_module
 
 
 def run_llm(*flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -290,6 +290,20 @@ def test_a_second_run_reads_its_exported_graph_from_the_cache_folder(tmp_path):
     assert (cold["export_cache"], warm["export_cache"]) == ("cold", "warm")
     assert warm["results"]["new_tokens"] == cold["results"]["new_tokens"]
     assert run("--no_export_cache")["export_cache"] == "none"
+
+
+def test_runs_under_test_keep_to_the_test_sessions_cache_folder():
+    """The cache flags' defaults, in this process and in a run it starts, lie in the test session's folder, not in
+    the user's ~/.cache."""
+    parser = script_module("run_llm.py").build_parser()
+    for flag in ("export_cache_dir", "inductor_cache_dir", "engine_cache_dir"):
+        assert parser.get_default(flag).startswith(SESSION_CACHE_HOME), flag
+    exports = os.path.join(SESSION_CACHE_HOME, "torch_tensorrt_llm", "exports")
+    before = set(os.listdir(exports)) if os.path.isdir(exports) else set()
+    result = run_llm("--model", "tiny-qwen2", "--compiler", "eager", "--cache", "static_v3", "--precision", "FP32",
+                     "--num_tokens", "2", "--random_weights")
+    assert result.returncode == 0, result.stderr
+    assert before < set(os.listdir(exports)) or f"came from the cache ({exports}" in result.stderr  # written or read
 
 
 def test_export_cache_flags_with_the_plugin_backend_are_reported_unused(caplog):
