@@ -15,11 +15,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# The project's caches (exported graphs, inductor's, TensorRT engines) go to a folder of this test process,
-# set before the project's modules read it: tests neither fill the user's cache folder nor find what it holds.
+# The project's caches (exported graphs, TensorRT engines) and inductor's go to a folder of this test process, set
+# before anything reads them: tests neither fill the user's cache folders nor find what they hold.
 SESSION_CACHE_HOME = tempfile.mkdtemp(prefix="torch_tensorrt_llm_tests_")
 os.environ["XDG_CACHE_HOME"] = SESSION_CACHE_HOME
-os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(SESSION_CACHE_HOME, "torch_tensorrt_llm", "inductor")
 atexit.register(shutil.rmtree, SESSION_CACHE_HOME, ignore_errors=True)
 
 from compilers.decode_tuning import DecodeTuning  # noqa: E402
