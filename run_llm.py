@@ -82,18 +82,41 @@ def build(model, options: Options, max_seq_len: int) -> tuple[Callable, object, 
     return compiled, cached, None
 
 
+def with_saved_quantization(options: Options, config) -> tuple[Options, bool]:
+    """(the options, whether the checkpoint is pre-quantized): a pre-quantized checkpoint's own quantization
+    replaces the flags', checked against them and against this GPU before any weight loads."""
+    saved = None if options.model.random_weights else checkpoint_quantization(config)
+    if not saved:
+        return options, False
+    check_requested(options.quant, saved)
+    if saved.format == "nvfp4":
+        check_nvfp4_runs_here(options.model.device)
+    return replace(options, quant=saved), True
+
+
+def load_models(options: Options, config, prequantized: bool, max_seq_len: int,
+                tokenizer) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the PyTorch reference, the model to export and compile): with --quant_format the second is ModelOpt's
+    quantized copy of the first; a pre-quantized checkpoint is both."""
+    with stage("loading the model"):
+        model = load_prequantized(options.model, config) if prequantized else load_model(options.model, config)
+    if not options.quant.format or prequantized:
+        return model, model
+    from quantize.modelopt_quantize import quantize_model
+
+    with stage("quantizing the model with ModelOpt"):
+        quantized = quantize_model(model, options.quant, max_seq_len, tokenizer)
+    # nothing is compared with the unquantized model without a PyTorch run: its memory is freed
+    return (model if options.run.enable_pytorch_run else quantized), quantized
+
+
 def main(options: Options) -> None:
     model_options, compile_options, run = options.model, options.compile, options.run
     plugin = options.backend == "plugin"
     with doing("loading the model's config"):
         config = load_config(model_options)
         check_llm_family(config)
-        saved = None if model_options.random_weights else checkpoint_quantization(config)
-    if saved:
-        check_requested(options.quant, saved)
-        if saved.format == "nvfp4":
-            check_nvfp4_runs_here(model_options.device)
-        options = replace(options, quant=saved)
+        options, prequantized = with_saved_quantization(options, config)
     if run.benchmark:  # before the tokenizer loads and --isl random tokens are drawn
         check_positions(config, run.isl + run.num_tokens, "--isl + --num_tokens")
     if plugin:
@@ -105,16 +128,7 @@ def main(options: Options) -> None:
         tokenizer = load_tokenizer(model_options, config)
         input_ids = input_ids_for(options, tokenizer, config)
     max_seq_len = input_ids.shape[1] + run.num_tokens
-    with stage("loading the model"):
-        model = load_prequantized(model_options, config) if saved else load_model(model_options, config)
-    compiled_model = model  # what is exported and compiled; `model` stays the PyTorch reference
-    if options.quant.format and not saved:
-        from quantize.modelopt_quantize import quantize_model
-
-        with stage("quantizing the model with ModelOpt"):
-            compiled_model = quantize_model(model, options.quant, max_seq_len, tokenizer)
-        if not run.enable_pytorch_run:  # nothing is compared with the unquantized model: free its memory
-            model = compiled_model
+    model, compiled_model = load_models(options, config, prequantized, max_seq_len, tokenizer)
     eos, pad = eos_token_ids(tokenizer, config), pad_token_id(tokenizer, config)
     label = compile_options.label + ("-Plugin" if plugin else "")
 

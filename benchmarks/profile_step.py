@@ -3,7 +3,8 @@
     python benchmarks/profile_step.py --model Qwen/Qwen2.5-0.5B-Instruct --random_weights --precision FP16 \\
         --compiler inductor --isl 128 --num_tokens 128
 
-Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever is passed), and:
+Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever is passed; with
+--quant_format the step is the quantized model's, quantized as run_llm.py does), and:
   --inductor_config name=value ...  inductor options to try (e.g. combo_kernels=True) before making
                                     one of them compilers/inductor.py's default
   --plain_inductor     no small-model decode tuning: inductor's defaults and cuBLAS
@@ -13,6 +14,8 @@ Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever
   --long_decode_sdpa   decode attention over a long cache as sdpa, not the split kernels
 Each of the four builds a DecodeTuning with that choice off (docs/decode_tuning.md says what each
 compares). It prints:
+  - the compile time, as run_llm.py's table counts it (export, lower, and the first run's compile,
+    tuning and CUDA-graph capture);
   - the decode step in the generation loop (host included: run_llm.py's TPOT, median of --iterations);
   - the captured step replayed back to back (the GPU alone: the gap to the loop is host time);
   - the step's kernel count and summed kernel time (the gap to the replay is the GPU idling between
@@ -28,6 +31,7 @@ import ast
 import dataclasses
 import os
 import sys
+import time
 
 import torch
 
@@ -39,7 +43,8 @@ from compilers.kernel_timer import gpu_work  # noqa: E402
 from errors import UsageError  # noqa: E402
 from export import export_llm  # noqa: E402
 from generation.loops import Prompt, StopRule, generate_static_cache  # noqa: E402
-from load.models import check_llm_family, load_config, load_model  # noqa: E402
+from load.models import check_llm_family, load_config  # noqa: E402
+from load.tokenizer import load_tokenizer  # noqa: E402
 from options import Options  # noqa: E402
 from report.timing import run_benchmark, time_generation  # noqa: E402
 from utils import cached_model, compile_lowered, lower  # noqa: E402
@@ -96,12 +101,17 @@ def main(args: argparse.Namespace) -> None:
     model_options, compile_options, run = options.model, options.compile, options.run
     config = load_config(model_options)
     check_llm_family(config, "profile_step.py")
+    options, prequantized = run_llm.with_saved_quantization(options, config)
     input_ids = run_llm.input_ids_for(options, None, config)
     max_seq_len = run.isl + run.num_tokens
-    model = load_model(model_options, config)
-    lowered = lower(export_llm(model, run.batch_size, max_seq_len), compile_options.cache, max_seq_len)
+    tokenizer = load_tokenizer(model_options, config) if options.quant.format else None  # for --calib_data text
+    model = run_llm.load_models(options, config, prequantized, max_seq_len, tokenizer)[1]  # quantized where asked
+    start = time.perf_counter()
+    lowered = lower(export_llm(model, run.batch_size, max_seq_len, cache_dir=compile_options.export_cache_dir),
+                    compile_options.cache, max_seq_len)
     compiled = compile_lowered(lowered, compile_options, model_options, max_seq_len)
     cached = cached_model(compiled, lowered, compile_options, model_options, run.batch_size, max_seq_len)
+    build_s = time.perf_counter() - start
 
     def generate(on_first_token=None) -> torch.Tensor:
         with torch.no_grad():
@@ -109,7 +119,8 @@ def main(args: argparse.Namespace) -> None:
                                          on_first_token)
 
     # the benchmark's own measurement: a warm-up run (compiles and captures), then --iterations timed runs
-    figures = run_benchmark(generate, model_options.device, run.iterations, run.batch_size, run.num_tokens).figures
+    figures = run_benchmark(generate, model_options.device, run.iterations, run.batch_size, run.num_tokens,
+                            build_s=build_s).figures
     # the decode step: one token per sequence over the whole cache (a one-token prefill sees a prefix)
     decode_graph = next(graph for (inputs, _, cache, _), (graph, *_) in cached.model.graphs.items()
                         if inputs[1] == 1 and cache[2] == max_seq_len)
@@ -125,8 +136,11 @@ def main(args: argparse.Namespace) -> None:
 
     flags = [f"--{flag}" for flag in COMPARISONS if getattr(args, flag)]
     tried = " ".join(args.inductor_config + flags)
-    print(f"{model_options.name}, batch {run.batch_size}, cache of {max_seq_len}, {model_options.precision}, "
+    quantized = f", {options.quant.describe()}" if options.quant.format else ""
+    print(f"{model_options.name}, batch {run.batch_size}, cache of {max_seq_len}, {model_options.precision}{quantized}, "
           f"{compile_options.compiler} {tried}")
+    print(f"compile s (export, lower and the first run's compile and capture, as run_llm.py's table): "
+          f"{figures['compile_s']:.1f}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
     print(f"decode step in the generation loop: {loop_us:8.1f} us  (prefill {prefill_ms:.2f} ms)")
     print(f"decode step replayed back to back:  {replay_us:8.1f} us")

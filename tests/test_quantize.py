@@ -225,6 +225,24 @@ def test_a_quantized_run_reports_its_accuracy_against_the_unquantized_model(tmp_
     assert 0 < row["forced_relative_logit_error"] < 0.05 and row["forced_top1"] > 0.5
 
 
+@pytest.mark.parametrize("pytorch_run", [True, False], ids=["with-pytorch-run", "without"])
+def test_load_models_quantizes_a_copy_and_keeps_the_reference_only_for_a_pytorch_run(pytorch_run):
+    """run_llm.load_models (also profile_step.py's): the model compiled is the quantized copy, the reference the
+    unquantized model while a PyTorch run needs it, and the quantized one otherwise."""
+    import run_llm
+    from options import CompileOptions, ModelOptions, Options, RunOptions
+
+    options = Options(ModelOptions("tiny-llama", "FP32", "cpu"), CompileOptions("eager"),
+                      RunOptions(enable_pytorch_run=pytorch_run), quant=QuantOptions("int8", weight_only=True))
+
+    from load.models import load_config
+
+    reference, compiled = run_llm.load_models(options, load_config(options.model), False, 16, None)
+    assert quantized_linears(compiled) and all(linear.weight.dtype == torch.int8 for linear in quantized_linears(compiled))
+    assert (reference is compiled) != pytorch_run
+    assert pytorch_run == (not quantized_linears(reference))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("weight_only", [True, False], ids=["weight-only", "activations"])
 def test_modelopts_nvfp4_calibration_lowers_to_the_canonical_form(weight_only):

@@ -134,3 +134,17 @@ def test_the_written_out_one_row_product_computes_the_op(monkeypatch, fmt):
     doubled = (weight_scale.float() * 2).to(weight_scale.dtype)
     wrong = inductor.quantized_linear_for_inductor(x, weight, doubled, None, bias, weight_scale_2)
     assert relative_error(wrong, expected) > 0.1
+
+
+@pytest.mark.gpu
+def test_profile_step_profiles_the_quantized_step():
+    """profile_step.py --quant_format: the step profiled is the quantized model's, and its compile time is printed."""
+    from test_cli import profile_step
+
+    result = profile_step("--model", "tiny-llama", "--compiler", "inductor", "--precision", "FP16", "--isl", "8",
+                          "--num_tokens", "8", "--device", "cuda", "--quant_format", "int8", "--weight_only")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "int8 weight-only, max calibration" in lines[0], result.stdout
+    assert float(next(line for line in lines if line.startswith("compile s")).split(":")[-1]) > 0
+    assert "quantized 14 linear layers" in result.stderr  # tiny-llama: 2 layers of 7 projections
