@@ -145,6 +145,7 @@ def test_profile_step_profiles_the_quantized_step():
                           "--num_tokens", "8", "--device", "cuda", "--quant_format", "int8", "--weight_only")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "int8 weight-only, max calibration" in lines[0], result.stdout
+    header = next(line for line in lines if line.startswith("tiny-llama, batch 1"))
+    assert "FP16, int8 weight-only, max calibration" in header, result.stdout
     assert float(next(line for line in lines if line.startswith("compile s")).split(":")[-1]) > 0
     assert "quantized 14 linear layers" in result.stderr  # tiny-llama: 2 layers of 7 projections
