@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> None:
     options, prequantized = run_llm.with_saved_quantization(options, config)
     input_ids = run_llm.input_ids_for(options, None, config)
     max_seq_len = run.isl + run.num_tokens
-    tokenizer = load_tokenizer(model_options, config) if options.quant.format else None  # for --calib_data text
+    tokenizer = load_tokenizer(model_options, config) if options.quant.calib_data == "text" else None  # calibration's
     model = run_llm.load_models(options, config, prequantized, max_seq_len, tokenizer)[1]  # quantized where asked
     start = time.perf_counter()
     lowered = lower(export_llm(model, run.batch_size, max_seq_len, cache_dir=compile_options.export_cache_dir),
