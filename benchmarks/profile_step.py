@@ -150,8 +150,8 @@ def main(args: argparse.Namespace) -> None:
     flags = [f"--{flag}" for flag in COMPARISONS if getattr(args, flag)]
     tried = " ".join(args.inductor_config + flags)
     quantized = f", {options.quant.describe()}" if options.quant.format else ""
-    print(f"{model_options.name}, batch {run.batch_size}, cache of {max_seq_len}, {model_options.precision}{quantized}, "
-          f"{compile_options.compiler} {tried}")
+    print(f"{model_options.name}, batch {run.batch_size}, cache of {max_seq_len}, "
+          f"{model_options.precision}{quantized}, {compile_options.compiler} {tried}")
     print(f"compile s (export, lower and the first run's compile and capture, as run_llm.py's table): "
           f"{figures['compile_s']:.1f}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]

@@ -238,7 +238,8 @@ def test_load_models_quantizes_a_copy_and_keeps_the_reference_only_for_a_pytorch
     from load.models import load_config
 
     reference, compiled = run_llm.load_models(options, load_config(options.model), False, 16, None)
-    assert quantized_linears(compiled) and all(linear.weight.dtype == torch.int8 for linear in quantized_linears(compiled))
+    linears = quantized_linears(compiled)
+    assert linears and all(linear.weight.dtype == torch.int8 for linear in linears)
     assert (reference is compiled) != pytorch_run
     assert pytorch_run == (not quantized_linears(reference))
 
