@@ -257,8 +257,10 @@ def check_cache_dir(path: str, flag: str, alternative: str = "") -> None:
                          + (f" {alternative}" if alternative else ""))
 
 
-def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """One warning per flag that was given but does nothing in this run."""
+def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                never_used: dict[str, str] | None = None) -> None:
+    """One warning per flag that was given but does nothing in this run; `never_used`: flags (by dest) the
+    script takes from a shared parser and never uses, each with why."""
     def given(dest: str) -> bool:
         return hasattr(args, dest) and getattr(args, dest) != parser.get_default(dest)
 
@@ -277,6 +279,8 @@ def warn_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if getattr(args, "backend", "sdpa") == "plugin":  # the plugin's model is compiled without an export
         unused += [f"--{flag} is not used with --backend plugin" for flag in ("export_cache_dir", "no_export_cache")
                    if given(flag)]
+    unused += [f"--{flag} is not used by {parser.prog} ({why})" for flag, why in (never_used or {}).items()
+               if given(flag)]
     for line in unused:
         logger.warning("%s; ignored", line)
 
@@ -311,12 +315,13 @@ def check_tensorrt_runs_here(device: str) -> None:
 
 def run_main(main: Callable[[Options], None], parser: argparse.ArgumentParser,
              to_options: Callable[[argparse.Namespace], Options] = options_from_args,
-             argv: Sequence[str] | None = None) -> None:
-    """Parse, check and run `main` under the one rule (module docstring); `argv` defaults to sys.argv."""
+             argv: Sequence[str] | None = None, never_used: dict[str, str] | None = None) -> None:
+    """Parse, check and run `main` under the one rule (module docstring); `argv` defaults to sys.argv,
+    `never_used` is warn_unused's."""
     args = parser.parse_args(argv)
 
     def work() -> None:
-        warn_unused(parser, args)
+        warn_unused(parser, args, never_used)
         main(to_options(args))
 
     guarded(parser.prog, work, quiet=args.quiet, debug=args.debug)

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import run_llm  # noqa: E402
 from cli import device_of, options_from_args, run_main  # noqa: E402
 from compilers.kernel_timer import gpu_work  # noqa: E402
-from errors import UsageError, logger  # noqa: E402
+from errors import UsageError  # noqa: E402
 from export import export_llm  # noqa: E402
 from generation.loops import Prompt, StopRule, generate_static_cache  # noqa: E402
 from load.models import check_llm_family, load_config  # noqa: E402
@@ -77,16 +77,9 @@ COMPARISONS = {"plain_inductor": "small_model_parameters", "attention_sums": "de
                "inductor_timer": "tune_by_kernel_time", "long_decode_sdpa": "long_decode_kernel"}
 
 
-NOT_USED = {"prompt": "the input is --isl random tokens", "cache": "the step is static_v3's",
-            "no_cudagraph": "the step is captured as a CUDA graph", "enable_pytorch_run": "nothing is compared",
-            "baselines": "nothing is compared", "output_json": "the profile is printed"}
-
-
-def warn_not_used(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
-    """One warning per run_llm.py flag given that a profile does not use."""
-    for flag, why in NOT_USED.items():
-        if getattr(args, flag) != getattr(defaults, flag):
-            logger.warning("--%s is not used by profile_step.py (%s); ignored", flag, why)
+NOT_USED = {"cache": "the step is static_v3's", "no_cudagraph": "the step is captured as a CUDA graph",
+            "enable_pytorch_run": "nothing is compared", "baselines": "nothing is compared",
+            "output_json": "the profile is printed"}  # run_llm.py's flags; --prompt is --benchmark's to refuse
 
 
 def profile_options(args: argparse.Namespace) -> Options:
@@ -108,7 +101,6 @@ def profile_options(args: argparse.Namespace) -> Options:
 
 
 def main(args: argparse.Namespace) -> None:
-    warn_not_used(args, run_llm.build_parser().parse_args([]))
     options = profile_options(args)
     set_inductor_options(args.inductor_config)
     model_options, compile_options, run = options.model, options.compile, options.run
@@ -169,6 +161,7 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = run_llm.build_parser()
     parser.prog = "profile_step.py"
+    parser.set_defaults(benchmark=True)  # a profile always times --isl random tokens over --iterations
     parser.add_argument("--inductor_config", nargs="*", default=[], metavar="NAME=VALUE",
                         help="torch._inductor.config options for this run, e.g. combo_kernels=True")
     parser.add_argument("--plain_inductor", action="store_true",
@@ -179,4 +172,4 @@ if __name__ == "__main__":
                         help="tune the step's kernels with inductor's timer around their launch, not by GPU time")
     parser.add_argument("--long_decode_sdpa", action="store_true",
                         help="decode attention over a long cache as sdpa, not the split Triton kernels")
-    run_main(main, parser, to_options=lambda args: args)
+    run_main(main, parser, to_options=lambda args: args, never_used=NOT_USED)

@@ -177,10 +177,11 @@ def test_profile_step_needs_a_gpu():
 
 def test_profile_step_says_which_run_llm_flags_it_does_not_use():
     result = profile_step("--model", "tiny-llama", "--compiler", "eager", "--device", "cpu", "--output_json", "p.json",
-                          "--cache", "static_v1")
+                          "--cache", "static_v1", "--isl", "8", "--iterations", "2")
     assert "WARNING: --output_json is not used by profile_step.py (the profile is printed); ignored" in result.stderr
     assert "WARNING: --cache is not used by profile_step.py (the step is static_v3's); ignored" in result.stderr
     assert "--prompt" not in result.stderr  # a flag left at its default is not mentioned
+    assert "--isl" not in result.stderr and "--iterations" not in result.stderr  # a profile always benchmarks
 
 
 def test_profile_step_sets_inductor_options():
