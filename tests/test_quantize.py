@@ -230,13 +230,11 @@ def test_load_models_quantizes_a_copy_and_keeps_the_reference_only_for_a_pytorch
     """run_llm.load_models (also profile_step.py's): the model compiled is the quantized copy, the reference the
     unquantized model while a PyTorch run needs it, and the quantized one otherwise."""
     import run_llm
+    from load.models import load_config
     from options import CompileOptions, ModelOptions, Options, RunOptions
 
     options = Options(ModelOptions("tiny-llama", "FP32", "cpu"), CompileOptions("eager"),
                       RunOptions(enable_pytorch_run=pytorch_run), quant=QuantOptions("int8", weight_only=True))
-
-    from load.models import load_config
-
     reference, compiled = run_llm.load_models(options, load_config(options.model), False, 16, None)
     linears = quantized_linears(compiled)
     assert linears and all(linear.weight.dtype == torch.int8 for linear in linears)
