@@ -12,7 +12,8 @@ Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever
   --inductor_timer     tune with inductor's timer around each launch, not by kernel time (compile
                        with an empty inductor cache, e.g. a new TORCHINDUCTOR_CACHE_DIR)
   --long_decode_sdpa   decode attention over a long cache as sdpa, not the split kernels
-Each of the four builds a DecodeTuning with that choice off (docs/decode_tuning.md says what each
+  --untuned_blocks     the tuned step's kernels with inductor's block sizes, no coordinate descent
+Each of the five builds a DecodeTuning with that choice off (docs/decode_tuning.md says what each
 compares). It prints:
   - the compile time, as run_llm.py's table counts it (export, lower, and the first run's compile,
     tuning and CUDA-graph capture);
@@ -74,7 +75,8 @@ def set_inductor_options(options: list[str]) -> None:
 
 # flag -> the DecodeTuning field it turns off
 COMPARISONS = {"plain_inductor": "small_model_parameters", "attention_sums": "decode_attention_kernel",
-               "inductor_timer": "tune_by_kernel_time", "long_decode_sdpa": "long_decode_kernel"}
+               "inductor_timer": "tune_by_kernel_time", "long_decode_sdpa": "long_decode_kernel",
+               "untuned_blocks": "block_size_tuning"}
 
 
 NOT_USED = {"cache": "the step is static_v3's", "no_cudagraph": "the step is captured as a CUDA graph",
@@ -172,4 +174,6 @@ if __name__ == "__main__":
                         help="tune the step's kernels with inductor's timer around their launch, not by GPU time")
     parser.add_argument("--long_decode_sdpa", action="store_true",
                         help="decode attention over a long cache as sdpa, not the split Triton kernels")
+    parser.add_argument("--untuned_blocks", action="store_true",
+                        help="the tuned step's kernels with inductor's own block sizes, no coordinate descent")
     run_main(main, parser, to_options=lambda args: args, never_used=NOT_USED)

@@ -21,6 +21,7 @@ class DecodeTuning:
     decode_keys: int = 512  # a decode step over at most this many keys counts as short
     small_model_parameters: int = 2_000_000_000  # up to this size a batch-1 static_v3 step is tuned for decode
     decode_attention_kernel: bool = True  # the tuned step's short decode attention as one Triton kernel
+    block_size_tuning: bool = True  # the tuned step's kernels' block sizes tuned by coordinate descent
     tune_by_kernel_time: bool = True  # the tuned step's candidate kernels timed by their GPU time
     long_decode_kernel: bool = True  # decode attention over a long cache as split Triton kernels
 

@@ -201,11 +201,11 @@ def tuned_for_small_decode(gm: GraphModule, tuning: DecodeTuning) -> bool:
     return batch_size_of(gm) == 1 and parameters[0].is_cuda and (small or quantized)
 
 
-def small_decode_options() -> dict:
+def small_decode_options(tuning: DecodeTuning) -> dict:
     """Inductor options: block sizes tuned per kernel, and programmatic dependent launch where inductor has it."""
     import torch._inductor.config as config
 
-    options = {"coordinate_descent_tuning": True}
+    options = {"coordinate_descent_tuning": tuning.block_size_tuning}
     if hasattr(config.triton, "enable_pdl"):
         options["triton.enable_pdl"] = True  # a kernel's launch overlaps the end of the one before
     return options
@@ -234,7 +234,7 @@ def compile_with_inductor(gm: GraphModule, cudagraph: bool = False, tuning: Deco
         if not tuned:
             return step
         decode = torch.compile(InPlaceCacheStep(write_out_one_row_products(gm)), dynamic=False,
-                               options=small_decode_options())
+                               options=small_decode_options(tuning))
         return decode_tuned_only(step, tuned_by_kernel_time(decode) if tuning.tune_by_kernel_time else decode)
     if cudagraph and cache_inputs(gm):
         return torch.compile(InPlaceCacheStep(gm, position_count=2), dynamic=True)

@@ -202,3 +202,8 @@ def test_only_one_token_steps_go_to_the_tuned_compile():
     for length in (10, 1, 3, 1):
         step(torch.zeros(1, length, dtype=torch.long), "positions", "caches")
     assert calls == ["plain", "tuned", "plain", "tuned"]
+
+
+def test_the_tuned_steps_block_sizes_are_tuned_unless_the_setting_says_not():
+    assert inductor.small_decode_options(DecodeTuning())["coordinate_descent_tuning"] is True
+    assert inductor.small_decode_options(DecodeTuning(block_size_tuning=False))["coordinate_descent_tuning"] is False
