@@ -16,7 +16,8 @@ Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever
 Each of the five builds a DecodeTuning with that choice off (docs/decode_tuning.md says what each
 compares). It prints:
   - the compile time, as run_llm.py's table counts it (export, lower, and the first run's compile,
-    tuning and CUDA-graph capture);
+    tuning and CUDA-graph capture), and its parts by TorchDynamo's timers (tracing and inductor's compile;
+    the block-size tuning, which runs at the step's first call);
   - the decode step in the generation loop (host included: run_llm.py's TPOT, median of --iterations);
   - the captured step replayed back to back (the GPU alone: the gap to the loop is host time);
   - the step's kernel count and summed kernel time (the gap to the replay is the GPU idling between
@@ -52,6 +53,17 @@ from utils import cached_model, compile_lowered, lower  # noqa: E402
 
 REPLAYS = 100  # back-to-back replays timed together
 PROFILED = 5  # replays under the profiler, averaged
+COMPILE_PARTS = {"TorchDynamo and inductor": "_compile.compile_inner", "of which tracing": "bytecode_tracing",
+                 "block-size tuning": "CachingAutotuner.coordinate_descent_tuning"}  # TorchDynamo's timer names
+
+
+def compile_parts() -> str:
+    """Where this process's compiles went, in seconds, from TorchDynamo's own timers (a timer torch did not
+    record shows -)."""
+    names, values = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
+    seconds = dict(zip(names, values))
+    return ", ".join(f"{part} {float(seconds[name]):.1f} s" if name in seconds else f"{part} -"
+                     for part, name in COMPILE_PARTS.items())
 
 
 def set_inductor_options(options: list[str]) -> None:
@@ -148,6 +160,7 @@ def main(args: argparse.Namespace) -> None:
           f"{model_options.precision}{quantized}, {compile_options.compiler} {tried}")
     print(f"compile s (export, lower and the first run's compile and capture, as run_llm.py's table): "
           f"{figures['compile_s']:.1f}")
+    print(f"  {compile_parts()}")
     loop_us, prefill_ms = figures["tpot_ms"]["median"] * 1e3, figures["ttft_ms"]["median"]
     print(f"decode step in the generation loop: {loop_us:8.1f} us  (prefill {prefill_ms:.2f} ms)")
     print(f"decode step replayed back to back:  {replay_us:8.1f} us")

@@ -199,6 +199,17 @@ def test_profile_step_sets_inductor_options():
             profile.set_inductor_options([bad])
 
 
+def test_profile_step_reads_the_compiles_parts_from_torchdynamos_timers(monkeypatch):
+    import torch
+
+    profile = script_module("benchmarks", "profile_step.py")
+    torch.compile(lambda x: x * 2, backend="eager")(torch.ones(3))  # this torch still has the timers read
+    assert ", block-size tuning" in profile.compile_parts() and " -," not in profile.compile_parts()
+    monkeypatch.setattr(torch._dynamo.utils, "compile_times",
+                        lambda repr, aggregate: (["_compile.compile_inner", "bytecode_tracing"], ["12.5", "3.25"]))
+    assert profile.compile_parts() == "TorchDynamo and inductor 12.5 s, of which tracing 3.2 s, block-size tuning -"
+
+
 @pytest.mark.gpu
 def test_profile_step_counts_the_kernels_of_every_layer():
     result = profile_step("--model", "tiny-llama", "--compiler", "eager", "--precision", "FP32", "--isl", "8",
