@@ -53,17 +53,17 @@ from utils import cached_model, compile_lowered, lower  # noqa: E402
 
 REPLAYS = 100  # back-to-back replays timed together
 PROFILED = 5  # replays under the profiler, averaged
-COMPILE_PARTS = {"TorchDynamo and inductor": "_compile.compile_inner", "of which tracing": "bytecode_tracing",
-                 "block-size tuning": "CachingAutotuner.coordinate_descent_tuning"}  # TorchDynamo's timer names
+COMPILE_TIMERS = {"compile": "_compile.compile_inner", "tracing": "bytecode_tracing",
+                  "tuning": "CachingAutotuner.coordinate_descent_tuning"}  # TorchDynamo's names for its timers
 
 
 def compile_parts() -> str:
-    """Where this process's compiles went, in seconds, from TorchDynamo's own timers (a timer torch did not
-    record shows -)."""
+    """Where this process's compiles went, from TorchDynamo's own timers (one torch did not record shows -)."""
     names, values = torch._dynamo.utils.compile_times(repr="csv", aggregate=True)
-    seconds = dict(zip(names, values))
-    return ", ".join(f"{part} {float(seconds[name]):.1f} s" if name in seconds else f"{part} -"
-                     for part, name in COMPILE_PARTS.items())
+    recorded = dict(zip(names, values))
+    took = {part: f"{float(recorded[name]):.1f} s" if name in recorded else "-"
+            for part, name in COMPILE_TIMERS.items()}
+    return f"TorchDynamo and inductor {took['compile']} (tracing {took['tracing']}), block-size tuning {took['tuning']}"
 
 
 def set_inductor_options(options: list[str]) -> None:
