@@ -212,20 +212,33 @@ def _save_without_weights(program: torch.export.ExportedProgram, path: str,
             table.update(values)
 
 
+QUIET_WHILE_LOADING = ("torch._export.serde.serialize", "torch.export.pt2_archive._package")  # torch's loggers
+
+
+@contextmanager
+def _only_errors_from(names: tuple[str, ...]):
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
+
+
 def _cached_program(path: str, tensors: dict[str, torch.Tensor]) -> torch.export.ExportedProgram | None:
     """The cached program with the model's `tensors` filled in; None where there is none (or it cannot be read)."""
     if not os.path.exists(path):
         return None
-    serializer = logging.getLogger("torch._export.serde.serialize")  # notes symbols the graph no longer uses
-    level = serializer.level
-    serializer.setLevel(logging.ERROR)
     try:
-        program = torch.export.load(path)
+        # torch notes at every load the symbols the graph no longer uses and (torch 2.11) the weights saved empty
+        with _only_errors_from(QUIET_WHILE_LOADING):
+            program = torch.export.load(path)
     except Exception as error:  # noqa: BLE001 - written by another torch, or damaged: export again
         logger.debug("exported graph cache %s not used: %s", path, error)
         return None
-    finally:
-        serializer.setLevel(level)
     for table in (program.state_dict, program.constants):
         for name in table:
             if name in tensors:

@@ -164,3 +164,23 @@ def test_eagle2s_vision_tower_is_read_from_the_cache_with_its_own_weights(tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(vlm.vision(pixels), expected, rtol=1e-4, atol=1e-4)
     assert len(os.listdir(tmp_path)) == 1
+
+
+def test_torchs_notes_while_loading_a_cached_graph_are_kept_from_the_user(tmp_path, monkeypatch):
+    import logging
+
+    model = tiny_model("tiny-llama")
+    export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    loggers = [logging.getLogger(name) for name in export.QUIET_WHILE_LOADING]
+    before, warned_while_loading = [each.level for each in loggers], []
+    load = torch.export.load
+
+    def noting_load(path):
+        warned_while_loading.extend(each.isEnabledFor(logging.WARNING) for each in loggers)
+        return load(path)
+
+    monkeypatch.setattr(torch.export, "load", noting_load)
+    monkeypatch.setattr(export, "_exported_program", _no_trace)
+    export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    assert warned_while_loading == [False, False]
+    assert [each.level for each in loggers] == before  # as they were, after the load
