@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from typing import Callable, Sequence
 
 import torch
@@ -32,6 +33,10 @@ from quantize import INSTALL_MODELOPT
 # Where torchao is installed, transformers imports it, and torch warns that torchao registers its enums in a way
 # torch now deprecates: a notice for torchao's authors that would start every run.
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+# Inductor suggests TF32 for every float32 matrix product it compiles. The rotary embeddings' angles are one: at
+# TF32's 10-bit mantissa they would be wrong at long positions, and --precision FP32 asks for exact products.
+warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores for float32 matrix multiplication",
+                        category=UserWarning)
 
 RTX_CAPABILITIES = {(8, 0), (8, 6), (8, 9)}  # and 12.0 onwards
 

@@ -340,3 +340,13 @@ def test_export_cache_flags_with_the_plugin_backend_are_reported_unused(caplog):
     with caplog.at_level(logging.WARNING, logger="llm_tools"):
         cli.warn_unused(parser, parser.parse_args(["--no_export_cache"]))
     assert not caplog.messages
+
+
+@pytest.mark.parametrize("imported", ["cli", "torch"])
+def test_inductors_tf32_suggestion_is_kept_from_the_user(imported):
+    # the notice as inductor words it (torch/_inductor/compile_fx.py); without cli, as the reference, it shows
+    notice = ("TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled. "
+              "Consider setting `torch.set_float32_matmul_precision('high')` for better performance.")
+    shown = subprocess.run([sys.executable, "-c", f"import {imported}, warnings; warnings.warn({notice!r})"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120).stderr
+    assert ("TensorFloat32" in shown) == (imported == "torch"), shown
