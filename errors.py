@@ -1,4 +1,5 @@
-"""The project's error for bad input, its logger, and what the run is doing: the bottom of the import graph.
+"""The project's error for bad input, its logger, what the run is doing, and the notes of other libraries kept
+from the user: the bottom of the import graph.
 
 `doing(...)` names the stage a run is in, so that an unexpected error or a Ctrl-C can say where it
 happened (cli.run_main prints it); `stage(...)` does that for a slow stage and also logs progress: a
@@ -35,6 +36,20 @@ def doing(what: str) -> Iterator[None]:
 
 def activity_of(err: BaseException) -> str:
     return getattr(err, "activity", "starting")
+
+
+@contextlib.contextmanager
+def only_errors_from(*names: str) -> Iterator[None]:
+    """Inside, the loggers `names` (another library's) pass on errors only; their levels are restored after."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
 
 
 @contextlib.contextmanager

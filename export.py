@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import logging
 import os
 import tempfile
 from collections import Counter
@@ -26,7 +25,7 @@ import torch
 from torch.fx import GraphModule
 from torch.fx.graph import CodeGen
 
-from errors import logger
+from errors import logger, only_errors_from
 
 
 @contextmanager
@@ -215,26 +214,13 @@ def _save_without_weights(program: torch.export.ExportedProgram, path: str,
 QUIET_WHILE_LOADING = ("torch._export.serde.serialize", "torch.export.pt2_archive._package")  # torch's loggers
 
 
-@contextmanager
-def _only_errors_from(names: tuple[str, ...]):
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [each.level for each in loggers]
-    for each in loggers:
-        each.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for each, level in zip(loggers, levels):
-            each.setLevel(level)
-
-
 def _cached_program(path: str, tensors: dict[str, torch.Tensor]) -> torch.export.ExportedProgram | None:
     """The cached program with the model's `tensors` filled in; None where there is none (or it cannot be read)."""
     if not os.path.exists(path):
         return None
     try:
         # torch notes at every load the symbols the graph no longer uses and (torch 2.11) the weights saved empty
-        with _only_errors_from(QUIET_WHILE_LOADING):
+        with only_errors_from(*QUIET_WHILE_LOADING):
             program = torch.export.load(path)
     except Exception as error:  # noqa: BLE001 - written by another torch, or damaged: export again
         logger.debug("exported graph cache %s not used: %s", path, error)

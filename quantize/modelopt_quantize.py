@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
 import warnings
 from contextlib import contextmanager, redirect_stdout
 from typing import Callable, Iterator
 
 import torch
 
-from errors import UsageError, logger
+from errors import UsageError, logger, only_errors_from
 from options import QuantOptions
 from quantize import INSTALL_MODELOPT
 from quantize.calibration import CalibrationData, calibration_batches
@@ -29,15 +28,11 @@ def _quietly() -> Iterator[None]:
     """ModelOpt prints its progress on stdout (which holds the run's results) and warns about versions and
     deprecations it uses: its lines go to the debug log instead."""
     printed = io.StringIO()
-    cpp_extension = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found" on a CPU
-    level = cpp_extension.level
-    cpp_extension.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), redirect_stdout(printed):
+    try:  # torch.utils.cpp_extension: "No CUDA runtime is found" on a CPU
+        with only_errors_from("torch.utils.cpp_extension"), warnings.catch_warnings(), redirect_stdout(printed):
             warnings.simplefilter("ignore")
             yield
     finally:
-        cpp_extension.setLevel(level)
         for line in printed.getvalue().splitlines():
             logger.debug("ModelOpt: %s", line)
 
