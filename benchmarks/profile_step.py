@@ -13,8 +13,10 @@ Takes run_llm.py's flags (the cache is static_v3 and --cudagraph is on, whatever
                        with an empty inductor cache, e.g. a new TORCHINDUCTOR_CACHE_DIR)
   --long_decode_sdpa   decode attention over a long cache as sdpa, not the split kernels
   --untuned_blocks     the tuned step's kernels with inductor's block sizes, no coordinate descent
-Each of the five builds a DecodeTuning with that choice off (docs/decode_tuning.md says what each
-compares). It prints:
+  --store_product_inputs  the tuned step's one-row products read their input stored once, not
+                       recomputed in each program (compilers/stored.py)
+Each builds a DecodeTuning with that one choice changed from the default (docs/decode_tuning.md says
+what each compares). It prints:
   - the compile time, as run_llm.py's table counts it (export, lower, and the first run's compile,
     tuning and CUDA-graph capture), and its parts by TorchDynamo's timers (tracing and inductor's compile;
     the block-size tuning, which runs at the step's first call);
@@ -85,10 +87,10 @@ def set_inductor_options(options: list[str]) -> None:
         setattr(owner, leaf, value)
 
 
-# flag -> the DecodeTuning field it turns off
-COMPARISONS = {"plain_inductor": "small_model_parameters", "attention_sums": "decode_attention_kernel",
-               "inductor_timer": "tune_by_kernel_time", "long_decode_sdpa": "long_decode_kernel",
-               "untuned_blocks": "block_size_tuning"}
+# flag -> the DecodeTuning field it changes, and the value it gives it
+COMPARISONS = {"plain_inductor": ("small_model_parameters", 0), "attention_sums": ("decode_attention_kernel", False),
+               "inductor_timer": ("tune_by_kernel_time", False), "long_decode_sdpa": ("long_decode_kernel", False),
+               "untuned_blocks": ("block_size_tuning", False), "store_product_inputs": ("store_product_inputs", True)}
 
 
 NOT_USED = {"cache": "the step is static_v3's", "no_cudagraph": "the step is captured as a CUDA graph",
@@ -108,9 +110,8 @@ def profile_options(args: argparse.Namespace) -> Options:
     options = options_from_args(argparse.Namespace(**{**vars(args), "device": device, "cache": "static_v3",
                                                       "cudagraph": True, "benchmark": True}))
     tuning = options.compile.tuning
-    off = {field: 0 if field == "small_model_parameters" else False
-           for flag, field in COMPARISONS.items() if getattr(args, flag)}
-    compile_options = dataclasses.replace(options.compile, tuning=dataclasses.replace(tuning, **off))
+    changed = {field: value for flag, (field, value) in COMPARISONS.items() if getattr(args, flag)}
+    compile_options = dataclasses.replace(options.compile, tuning=dataclasses.replace(tuning, **changed))
     return dataclasses.replace(options, compile=compile_options)
 
 
@@ -189,4 +190,6 @@ if __name__ == "__main__":
                         help="decode attention over a long cache as sdpa, not the split Triton kernels")
     parser.add_argument("--untuned_blocks", action="store_true",
                         help="the tuned step's kernels with inductor's own block sizes, no coordinate descent")
+    parser.add_argument("--store_product_inputs", action="store_true",
+                        help="the tuned step's one-row products read their input stored once, not recomputed")
     run_main(main, parser, to_options=lambda args: args, never_used=NOT_USED)

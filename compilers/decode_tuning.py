@@ -23,6 +23,7 @@ class DecodeTuning:
     decode_attention_kernel: bool = True  # the tuned step's short decode attention as one Triton kernel
     block_size_tuning: bool = True  # the tuned step's kernels' block sizes tuned by coordinate descent
     tune_by_kernel_time: bool = True  # the tuned step's candidate kernels timed by their GPU time
+    store_product_inputs: bool = False  # the tuned step's one-row products read a stored input (stored.py)
     long_decode_kernel: bool = True  # decode attention over a long cache as split Triton kernels
 
 

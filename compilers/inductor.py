@@ -8,7 +8,8 @@ Rewrites make the graph one compiled region whose small ops inductor can fuse:
   - A small (or quantized) model's batch-1 static_v3 step (`tuned_for_small_decode`) also has its one-row
     matrix products written as sums of products, and its decode step is compiled with coordinate-descent
     tuning and programmatic dependent launch, its candidates timed by their kernels' GPU time
-    (kernel_timer.py); the prefill is compiled untuned.
+    (kernel_timer.py), and, where the tuning asks, those products' inputs stored first (stored.py); the
+    prefill is compiled untuned.
   - A quantized linear (quantize/quantized_linear.py) becomes plain ops over its one-byte weight.
 Why each choice, with the figures: docs/decode_tuning.md.
 
@@ -85,29 +86,43 @@ def _one_row_on_gpu(x: torch.Tensor) -> bool:
     return isinstance(rows, int) and rows == 1 and x.is_cuda  # an int: traced for a static shape
 
 
-def mm_for_inductor(x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
-    return product_as_sums(x, weight_t) if _one_row_on_gpu(x) else torch.mm(x, weight_t)
+def _stored_if(x: torch.Tensor, store: bool) -> torch.Tensor:
+    """A written-out product's input, stored before the product reads it where the tuning asks (stored.py)."""
+    if not store:
+        return x
+    from compilers.stored import stored
+
+    return stored(x)
 
 
-def addmm_for_inductor(bias: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
-    return product_as_sums(x, weight_t, bias) if _one_row_on_gpu(x) else torch.addmm(bias, x, weight_t)
+def mm_for_inductor(x: torch.Tensor, weight_t: torch.Tensor, store_input: bool = False) -> torch.Tensor:
+    return product_as_sums(_stored_if(x, store_input), weight_t) if _one_row_on_gpu(x) else torch.mm(x, weight_t)
+
+
+def addmm_for_inductor(bias: torch.Tensor, x: torch.Tensor, weight_t: torch.Tensor,
+                       store_input: bool = False) -> torch.Tensor:
+    if _one_row_on_gpu(x):
+        return product_as_sums(_stored_if(x, store_input), weight_t, bias)
+    return torch.addmm(bias, x, weight_t)
 
 
 ONE_ROW_PRODUCTS = {torch.ops.aten.mm.default: mm_for_inductor, torch.ops.aten.addmm.default: addmm_for_inductor}
 
 
-def write_out_one_row_products(gm: GraphModule) -> GraphModule:
+def write_out_one_row_products(gm: GraphModule, store_inputs: bool = False) -> GraphModule:
     """Matrix products (projections, lm_head) call the functions above, which write out the one-row ones."""
     for node in gm.graph.nodes:
         if node.op == "call_function" and node.target in ONE_ROW_PRODUCTS and not node.kwargs:
             node.target = ONE_ROW_PRODUCTS[node.target]
+            node.kwargs = {"store_input": True} if store_inputs else {}
     gm.recompile()
     return gm
 
 
 def quantized_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                                   input_scale: torch.Tensor | None, bias: torch.Tensor | None,
-                                  weight_scale_2: torch.Tensor | None = None) -> torch.Tensor:
+                                  weight_scale_2: torch.Tensor | None = None,
+                                  store_input: bool = False) -> torch.Tensor:
     """The canonical quantized linear as plain ops, the weight read at its stored size: a one-row product is
     written out as sums of products over the quantized weight (a per-channel or per-tensor scale applied to
     the sums, NVFP4's block scales inside them), which inductor fuses into one kernel; longer inputs multiply
@@ -116,6 +131,7 @@ def quantized_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_
         x = fake_quantize(x, input_scale, weight.dtype)
     rows = x.reshape(-1, x.shape[-1])
     if _one_row_on_gpu(rows):
+        rows = _stored_if(rows, store_input)
         if weight.dtype == torch.uint8:  # NVFP4: the block scales inside the sums
             out = product_as_sums(rows, dequantized_weight(weight, weight_scale, torch.float32, weight_scale_2).t(),
                                   bias)
@@ -129,13 +145,13 @@ def quantized_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_
 
 def fp8_linear_for_inductor(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                             input_scale: torch.Tensor, bias: torch.Tensor | None,
-                            weight_scale_2: torch.Tensor | None = None) -> torch.Tensor:
+                            weight_scale_2: torch.Tensor | None = None, store_input: bool = False) -> torch.Tensor:
     """A linear whose weights and activations are FP8 with per-tensor scales: several rows are quantized to FP8
     and multiplied on FP8 tensor cores by torch._scaled_mm, which applies both scales; one row on a GPU is the
     written-out product of quantized_linear_for_inductor."""
     rows = x.reshape(-1, x.shape[-1])
     if _one_row_on_gpu(rows):
-        return quantized_linear_for_inductor(x, weight, weight_scale, input_scale, bias)
+        return quantized_linear_for_inductor(x, weight, weight_scale, input_scale, bias, store_input=store_input)
     quantized = to_fp8(rows, input_scale.float())
     fused_bias = bias if x.dtype in (torch.float16, torch.bfloat16) else None  # _scaled_mm adds no bias in FP32
     out = torch._scaled_mm(quantized, weight.t(), scale_a=input_scale.float().reshape(()),
@@ -165,9 +181,12 @@ def _takes_scaled_mm(gm: GraphModule, node) -> bool:
             and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0 and fp8_tensor_cores(weight.device))
 
 
-def open_quantized_linears(gm: GraphModule) -> GraphModule:
+def open_quantized_linears(gm: GraphModule, store_inputs: bool = False) -> GraphModule:
+    """Quantized linears call the functions above; with `store_inputs` a one-row product stores its input."""
     for node in gm.graph.find_nodes(op="call_function", target=QUANTIZED_LINEAR):
         node.target = fp8_linear_for_inductor if _takes_scaled_mm(gm, node) else quantized_linear_for_inductor
+        if store_inputs:
+            node.kwargs = {**node.kwargs, "store_input": True}
     gm.recompile()
     return gm
 
@@ -228,12 +247,13 @@ def compile_with_inductor(gm: GraphModule, cudagraph: bool = False, tuning: Deco
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     in_place = takes_cache_position(gm)
     tuned = in_place and tuned_for_small_decode(gm, tuning)
-    gm = open_quantized_linears(open_attention(gm, attention_for_inductor(tuning, tuned)))
+    store_inputs = tuned and tuning.store_product_inputs
+    gm = open_quantized_linears(open_attention(gm, attention_for_inductor(tuning, tuned)), store_inputs)
     if in_place:
         step = torch.compile(InPlaceCacheStep(gm), dynamic=False)
         if not tuned:
             return step
-        decode = torch.compile(InPlaceCacheStep(write_out_one_row_products(gm)), dynamic=False,
+        decode = torch.compile(InPlaceCacheStep(write_out_one_row_products(gm, store_inputs)), dynamic=False,
                                options=small_decode_options(tuning))
         return decode_tuned_only(step, tuned_by_kernel_time(decode) if tuning.tune_by_kernel_time else decode)
     if cudagraph and cache_inputs(gm):

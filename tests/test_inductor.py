@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 
 from compilers import inductor
 from compilers.decode_tuning import DecodeTuning
-from conftest import FAMILIES, eager_cached, lowered_graph, prompt_ids, tiny_model
+from conftest import FAMILIES, eager_cached, lowered_graph, prompt_ids, tiny_model, tuned_step_code
 from generation.baselines import hf_generate
 from generation.loops import CachedModel, Prompt, StopRule, generate_static_cache
 from register_sdpa import attention_reference
@@ -86,7 +87,7 @@ def test_a_product_with_the_weight_the_wrong_way_round_is_caught():
     assert not torch.allclose(inductor.product_as_sums(x, weight), expected, atol=1e-3)
 
 
-def _one_row_logits(family, monkeypatch):
+def _one_row_logits(family, monkeypatch, store_inputs=False):
     """The logits of every step of a greedy generation by the static_v3 graph with its one-row products
     written out (run eagerly on the CPU), and the Hugging Face model's logits over the same tokens."""
     monkeypatch.setattr(inductor, "_one_row_on_gpu", lambda x: x.shape[0] == 1)
@@ -99,7 +100,8 @@ def _one_row_logits(family, monkeypatch):
             if name.endswith(".bias"):  # initialised to zeros: give them a part to play
                 bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(len(name)))
     ids = prompt_ids(model, 1, PROMPT_LEN)
-    gm = inductor.write_out_one_row_products(lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, "static_v3"))
+    gm = lowered_graph(model, 1, PROMPT_LEN + NEW_TOKENS, "static_v3")
+    gm = inductor.write_out_one_row_products(gm, store_inputs)
     cached = eager_cached(gm, 1, PROMPT_LEN + NEW_TOKENS, model.dtype)
     logits = []
 
@@ -120,6 +122,40 @@ def _one_row_logits(family, monkeypatch):
 def test_written_out_one_row_products_match_hugging_face(family, monkeypatch):
     logits, expected = _one_row_logits(family, monkeypatch)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_written_out_products_reading_stored_inputs_match_hugging_face(monkeypatch):
+    stored = []
+    stored_if = inductor._stored_if
+    monkeypatch.setattr(inductor, "_stored_if", lambda x, store: stored.append(store) or stored_if(x, store))
+    logits, expected = _one_row_logits("tiny-llama", monkeypatch, store_inputs=True)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    assert stored and all(stored)
+
+
+def _compiled_product_of_a_pointwise(store: bool) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """A one-row product of g * u + g by a [64, 512] weight, compiled by inductor on the CPU: its output, the
+    number of IR nodes inductor made for it, and the float64 reference."""
+    from torch._inductor import metrics
+
+    generator = torch.Generator().manual_seed(3)
+    g, u, weight = torch.randn(1, 512, generator=generator), torch.randn(1, 512, generator=generator), \
+        torch.randn(64, 512, generator=generator)
+    torch._dynamo.reset()
+    metrics.reset()
+    product = torch.compile(lambda g, u, w: inductor.product_as_sums(inductor._stored_if(g * u + g, store), w.t()))
+    out = product(g, u, weight)
+    return out, metrics.ir_nodes_pre_fusion, ((g * u + g).double() @ weight.double().t()).float()
+
+
+def test_a_stored_product_input_is_computed_once_by_its_own_node():
+    """Inductor inlines g * u + g into the product's reduction, which then computes it in every program; stored
+    makes it a buffer of its own, computed once, with the same result."""
+    inlined, inlined_nodes, expected = _compiled_product_of_a_pointwise(store=False)
+    stored, stored_nodes, _ = _compiled_product_of_a_pointwise(store=True)
+    torch.testing.assert_close(stored, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(inlined, expected, atol=1e-4, rtol=1e-4)
+    assert (inlined_nodes, stored_nodes) == (1, 2)
 
 
 def test_a_written_out_product_without_its_bias_is_caught(monkeypatch):
@@ -202,6 +238,19 @@ def test_only_one_token_steps_go_to_the_tuned_compile():
     for length in (10, 1, 3, 1):
         step(torch.zeros(1, length, dtype=torch.long), "positions", "caches")
     assert calls == ["plain", "tuned", "plain", "tuned"]
+
+
+def _reductions_computing_silu(codes) -> list[str]:
+    names = re.findall(r"def (triton_(?:red|per)_fused_\w+)\(", "".join(codes))
+    return [name for name in names if "silu" in name or "sigmoid" in name]
+
+
+@pytest.mark.gpu
+def test_the_tuned_step_with_stored_product_inputs_matches_hugging_face():
+    """With stored inputs the down projection's reduction reads SiLU(gate) * up from memory; without, it
+    recomputes it (the check that would miss a stored op that stores nothing)."""
+    assert _reductions_computing_silu(tuned_step_code("tiny-llama", DecodeTuning())[1])
+    assert not _reductions_computing_silu(tuned_step_code("tiny-llama", DecodeTuning(store_product_inputs=True))[1])
 
 
 def test_the_tuned_steps_block_sizes_are_tuned_unless_the_setting_says_not():

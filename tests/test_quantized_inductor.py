@@ -118,10 +118,11 @@ def _one_row_cases():
             "nvfp4": (nvfp4, block_scales, torch.tensor(0.02))}
 
 
+@pytest.mark.parametrize("store_input", [False, True])
 @pytest.mark.parametrize("fmt", ["int8", "fp8", "nvfp4"])
-def test_the_written_out_one_row_product_computes_the_op(monkeypatch, fmt):
+def test_the_written_out_one_row_product_computes_the_op(monkeypatch, fmt, store_input):
     """The decode step's one-row quantized product (sums over the stored weight, its scales applied as the format
-    says) against the op's own definition; a scale left out is caught."""
+    says, its input stored first or not) against the op's own definition; a scale left out is caught."""
     from compilers import inductor
     from quantize.quantized_linear import quantized_linear_reference
 
@@ -129,10 +130,10 @@ def test_the_written_out_one_row_product_computes_the_op(monkeypatch, fmt):
     weight, weight_scale, weight_scale_2 = _one_row_cases()[fmt]
     x, bias = torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(6)), torch.randn(48)
     expected = quantized_linear_reference(x, weight, weight_scale, None, bias, weight_scale_2)
-    actual = inductor.quantized_linear_for_inductor(x, weight, weight_scale, None, bias, weight_scale_2)
+    actual = inductor.quantized_linear_for_inductor(x, weight, weight_scale, None, bias, weight_scale_2, store_input)
     assert relative_error(actual, expected) < 1e-6
     doubled = (weight_scale.float() * 2).to(weight_scale.dtype)
-    wrong = inductor.quantized_linear_for_inductor(x, weight, doubled, None, bias, weight_scale_2)
+    wrong = inductor.quantized_linear_for_inductor(x, weight, doubled, None, bias, weight_scale_2, store_input)
     assert relative_error(wrong, expected) > 0.1
 
 
