@@ -5,27 +5,19 @@ it is dynamic in the sequence length, static in the batch size, and keeps attent
 node (popped from the decomposition table) for register_sdpa to rewrite.
 
 Tracing a model twice (export, then its decompositions) with a symbolic sequence length is most of a
-warm run's setup, so the exported program is kept in a cache folder without its weights (the graph
-alone) and later runs of the same model structure fill in the model's own tensors.
+run's setup, so the graph is kept in a cache folder for later runs of the same structure (export_cache.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import os
-import tempfile
-from collections import Counter
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable
 from unittest import mock
 
 import torch
 from torch.fx import GraphModule
 from torch.fx.graph import CodeGen
 
-from errors import logger, only_errors_from
+from export_cache import cached_graph
 
 
 @contextmanager
@@ -39,18 +31,6 @@ def _no_packed_sequences():
 
     with mock.patch.object(masking_utils, "find_packed_sequence_indices", lambda position_ids: None):
         yield
-
-
-_cache_outcomes: Counter = Counter()  # "hit" and "miss" of this process's exports that had a cache folder
-
-
-def export_cache_state() -> str:
-    """How this process's exports went: 'warm' (every graph came from the cache), 'cold' (none did),
-    'partly warm', or 'none' (no export used a cache)."""
-    hits, misses = _cache_outcomes["hit"], _cache_outcomes["miss"]
-    if not hits and not misses:
-        return "none"
-    return "warm" if not misses else "cold" if not hits else "partly warm"
 
 
 # Shape and dtype checks that export leaves in the graph: the generation loops call it with
@@ -85,35 +65,19 @@ def export_llm(model: torch.nn.Module, batch_size: int, max_seq_len: int, embeds
     The graph is dynamic in the sequence length, up to `length_bound(max_seq_len)` so that runs of nearby
     lengths share a cached graph; the batch size is static (one export per batch size).
     `position_rows` > 0 gives position_ids [rows, B, L] (Qwen2.5-VL's multimodal RoPE takes 3).
-    Attention stays one sdpa node: it is popped from the decomposition table. With `cache_dir` the exported
-    program is read from (or written to) that folder, keyed by the model's structure and these arguments.
+    Attention stays one sdpa node: it is popped from the decomposition table. With `cache_dir` the graph is
+    read from (or written to) that folder, keyed by the model's structure and these arguments (export_cache.py).
     """
     model.config.use_cache = False  # before the key: the config is part of it
     bound = length_bound(max_seq_len, getattr(model.config, "max_position_embeddings", None))
-    program = cached_export(model, (batch_size, bound, embeds, position_rows),
-                            lambda: _exported_program(model, batch_size, bound, embeds, position_rows), cache_dir)
-    gm = plain_graph_module(program)
+    gm = cached_graph(model, (batch_size, bound, embeds, position_rows),
+                      lambda: plain_graph_module(_exported_program(model, batch_size, bound, embeds, position_rows)),
+                      cache_dir)
     for node in gm.graph.find_nodes(op="placeholder"):
         if node.name == "logits_to_keep" and not node.users:  # specialised to 1; not an input of the graph
             gm.graph.erase_node(node)
     gm.recompile()
     return gm
-
-
-def cached_export(module: torch.nn.Module, arguments: tuple, export: Callable[[], torch.export.ExportedProgram],
-                  cache_dir: str | None) -> torch.export.ExportedProgram:
-    """`export()`, or with `cache_dir` the program an earlier run saved there for the same module structure and
-    `arguments` (what else the export depends on), with this module's tensors filled in."""
-    if not cache_dir:
-        return export()
-    tensors = _model_tensors(module)
-    path = os.path.join(cache_dir, _structure_key(module, tensors, *arguments) + ".pt2")
-    program = _cached_program(path, tensors)
-    _cache_outcomes["hit" if program is not None else "miss"] += 1
-    if program is None:
-        program = export()
-        _save_without_weights(program, path, tensors)
-    return program
 
 
 def length_bound(max_seq_len: int, max_positions: int | None) -> int:
@@ -150,84 +114,3 @@ def _exported_program(model: torch.nn.Module, batch_size: int, max_seq_len: int,
         decompositions = torch.export.default_decompositions()
         decompositions.pop(torch.ops.aten.scaled_dot_product_attention.default, None)
         return program.run_decompositions(decompositions)
-
-
-def _model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer by its name, tied ones under each name (an exported program's keys)."""
-    tensors = dict(model.named_parameters(remove_duplicate=False))
-    return {**tensors, **dict(model.named_buffers(remove_duplicate=False))}
-
-
-def _source_files(model: torch.nn.Module) -> list[str]:
-    """The files that define the model's module classes (a remote-code model's own among them)."""
-    files = set()
-    for module in model.modules():
-        try:
-            files.add(inspect.getsourcefile(type(module)))
-        except TypeError:  # a class defined outside any file
-            pass
-    return sorted(file for file in files if file)
-
-
-def _structure_key(model: torch.nn.Module, tensors: dict[str, torch.Tensor], *arguments) -> str:
-    """What the exported graph depends on: the torch and transformers versions, this file and the files of
-    the model's module classes, its modules, config and every tensor's name, shape, dtype and device, and
-    the export's own arguments."""
-    import transformers
-
-    config = getattr(model, "config", None)
-    lines = [torch.__version__, transformers.__version__, Path(__file__).read_text(), repr(model),
-             config.to_json_string() if config is not None else "", repr(arguments)]
-    lines += [Path(file).read_text() for file in _source_files(model)]
-    lines += [f"{name} {tuple(t.shape)} {t.dtype} {t.device}" for name, t in tensors.items()]
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
-
-
-def _save_without_weights(program: torch.export.ExportedProgram, path: str,
-                          tensors: dict[str, torch.Tensor]) -> None:
-    """Save the program with the model's `tensors` replaced by empty ones (written to a temporary file, then
-    renamed: a cache file is whole or absent)."""
-    tables = (program.state_dict, program.constants)
-    kept = [dict(table) for table in tables]
-    for table in tables:
-        for name, value in table.items():
-            if name in tensors:
-                empty = torch.empty(0, dtype=value.dtype)
-                table[name] = torch.nn.Parameter(empty, requires_grad=False) if isinstance(value, torch.nn.Parameter) \
-                    else empty
-    temporary = None
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".pt2")
-        os.close(handle)
-        torch.export.save(program, temporary)
-        os.replace(temporary, path)
-    except Exception as error:  # noqa: BLE001 - a cache that cannot be written costs the next run time, not this run
-        logger.warning("the exported graph could not be cached in %s (%s)", os.path.dirname(path), error)
-        if temporary and os.path.exists(temporary):
-            os.remove(temporary)
-    finally:
-        for table, values in zip(tables, kept):
-            table.update(values)
-
-
-QUIET_WHILE_LOADING = ("torch._export.serde.serialize", "torch.export.pt2_archive._package")  # torch's loggers
-
-
-def _cached_program(path: str, tensors: dict[str, torch.Tensor]) -> torch.export.ExportedProgram | None:
-    """The cached program with the model's `tensors` filled in; None where there is none (or it cannot be read)."""
-    if not os.path.exists(path):
-        return None
-    try:
-        # torch notes at every load the symbols the graph no longer uses and (torch 2.11) the weights saved empty
-        with only_errors_from(*QUIET_WHILE_LOADING):
-            program = torch.export.load(path)
-    except Exception as error:  # noqa: BLE001 - written by another torch, or damaged: export again
-        logger.debug("exported graph cache %s not used: %s", path, error)
-        return None
-    for table in (program.state_dict, program.constants):
-        for name in table:
-            if name in tensors:
-                table[name] = tensors[name]
-    logger.info("the exported graph came from the cache (%s)", path)
-    return program

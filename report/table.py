@@ -17,7 +17,7 @@ import torch
 
 from compilers.inductor_cache import inductor_cache_state
 from errors import UsageError
-from export import export_cache_state
+from export_cache import export_cache_state
 from options import Options
 
 

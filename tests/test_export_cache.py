@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import export
+import export_cache
 from conftest import FAMILIES, tiny_model
 from export import export_llm
 from utils import lower
@@ -43,8 +44,8 @@ def test_a_cached_graph_computes_with_the_new_models_weights(tmp_path, monkeypat
     model = tiny_model("tiny-llama")
     export_llm(model, 1, 32, cache_dir=str(tmp_path))
     (saved,) = os.listdir(tmp_path)
-    stored = torch.export.load(str(tmp_path / saved)).state_dict
-    assert stored and all(tensor.numel() == 0 for tensor in stored.values())  # the graph without its weights
+    stored = list(export_cache.GRAPH.load(str(tmp_path / saved)).parameters())
+    assert stored and all(tensor.numel() == 0 for tensor in stored)  # the graph without its weights
 
     other = _reweighted(model)
     monkeypatch.setattr(export, "_exported_program", _no_trace)
@@ -58,8 +59,9 @@ def test_a_cache_that_kept_the_writers_weights_is_caught(tmp_path, monkeypatch):
     model = tiny_model("tiny-llama")
     export_llm(model, 1, 32, cache_dir=str(tmp_path))
     (saved,) = os.listdir(tmp_path)
-    torch.export.save(export._exported_program(model, 1, 32, False, 0), str(tmp_path / saved))  # weights inside
-    monkeypatch.setattr(export, "_cached_program", lambda path, tensors: torch.export.load(path))  # none filled in
+    with_weights = export.plain_graph_module(export._exported_program(model, 1, 32, False, 0))
+    export_cache.GRAPH.save(with_weights, str(tmp_path / saved))
+    monkeypatch.setattr(export_cache, "_read", lambda form, path, tensors: form.load(path))  # none filled in
     other = _reweighted(model)
     gm = export_llm(other, 1, 32, cache_dir=str(tmp_path))
     ids = torch.randint(0, 200, (1, 9), generator=torch.Generator().manual_seed(0))
@@ -92,27 +94,27 @@ def test_a_damaged_cache_file_is_exported_again(tmp_path):
 
 
 def test_a_graph_that_cannot_be_saved_leaves_the_run_and_no_file_behind(tmp_path, monkeypatch):
+    from torch.fx._graph_pickler import GraphPickler
+
     def refuse(*args, **kwargs):
         raise RuntimeError("cannot serialize")
 
-    monkeypatch.setattr(torch.export, "save", refuse)
+    monkeypatch.setattr(GraphPickler, "dumps", refuse)
     model = tiny_model("tiny-llama")
     gm = export_llm(model, 1, 32, cache_dir=str(tmp_path))
     ids = torch.randint(0, 200, (1, 9), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(_last_logits(gm, ids), _hf_last_logits(model, ids), rtol=1e-4, atol=1e-4)
     assert os.listdir(tmp_path) == []
 
-
-
 def test_the_key_follows_the_models_source_files(tmp_path, monkeypatch):
     """A model whose modeling code changed (a remote-code update, say) exports again."""
     model, cache = tiny_model("tiny-llama"), str(tmp_path / "cache")
     export_llm(model, 1, 32, cache_dir=cache)
-    files = export._source_files(model)
+    files = export_cache._source_files(model)
     (llama_file,) = [file for file in files if file.endswith("modeling_llama.py")]
     edited = tmp_path / "modeling_llama.py"
     edited.write_text(open(llama_file).read() + "\n# edited\n")
-    monkeypatch.setattr(export, "_source_files", lambda model: [str(edited) if f == llama_file else f for f in files])
+    monkeypatch.setattr(export_cache, "_source_files", lambda model: [str(edited) if f == llama_file else f for f in files])
     export_llm(model, 1, 32, cache_dir=cache)
     assert len(os.listdir(cache)) == 2
 
@@ -166,13 +168,14 @@ def test_eagle2s_vision_tower_is_read_from_the_cache_with_its_own_weights(tmp_pa
     assert len(os.listdir(tmp_path)) == 1
 
 
-def test_torchs_notes_while_loading_a_cached_graph_are_kept_from_the_user(tmp_path, monkeypatch):
+def test_torchs_notes_while_loading_a_cached_program_are_kept_from_the_user(tmp_path, monkeypatch):
+    """A cached ExportedProgram (a vision tower's) is read with torch's loaders kept to errors."""
     import logging
 
-    model = tiny_model("tiny-llama")
-    export_llm(model, 1, 32, cache_dir=str(tmp_path))
-    loggers = [logging.getLogger(name) for name in export.QUIET_WHILE_LOADING]
-    before, warned_while_loading = [each.level for each in loggers], []
+    module, example = torch.nn.Linear(4, 3), torch.randn(2, 4)
+    export_cache.cached_export(module, (), lambda: torch.export.export(module, (example,)), str(tmp_path))
+    loggers = [logging.getLogger(name) for name in export_cache.QUIET_WHILE_LOADING]
+    warned_while_loading = []
     load = torch.export.load
 
     def noting_load(path):
@@ -180,7 +183,6 @@ def test_torchs_notes_while_loading_a_cached_graph_are_kept_from_the_user(tmp_pa
         return load(path)
 
     monkeypatch.setattr(torch.export, "load", noting_load)
-    monkeypatch.setattr(export, "_exported_program", _no_trace)
-    export_llm(model, 1, 32, cache_dir=str(tmp_path))
+    program = export_cache.cached_export(module, (), _no_trace, str(tmp_path))
     assert warned_while_loading == [False, False]
-    assert [each.level for each in loggers] == before  # as they were, after the load
+    torch.testing.assert_close(program.module()(example), module(example))

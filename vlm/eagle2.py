@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from errors import logger
-from export import cached_export
+from export_cache import cached_export
 from generation.loops import Prompt, StopRule, generate_no_cache
 from load.eagle2_structure import MODEL_TYPE, Eagle2ForConditionalGeneration, features_from_vision
 from load.models import load_model
