@@ -72,7 +72,9 @@ def _graph_slots(gm: GraphModule) -> list[tuple[str, dict, str]]:
 def _save_graph(gm: GraphModule, path: str) -> None:
     from torch.fx._graph_pickler import GraphPickler, Options
 
-    Path(path).write_bytes(GraphPickler.dumps(gm, Options(ops_filter=None)))  # the graph has ATen ops only
+    # every op is allowed: a quantized model's graph holds llm_tools::quantized_linear, which the run that reads
+    # it has registered (it quantized or loaded the same model)
+    Path(path).write_bytes(GraphPickler.dumps(gm, Options(ops_filter=None)))
 
 
 def _load_graph(path: str) -> GraphModule:

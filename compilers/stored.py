@@ -32,7 +32,7 @@ def _register_lowering() -> None:
     @register_lowering(torch.ops.llm_tools.stored.default)
     def _(x):
         x.realize()  # a buffer of its own, computed once ...
-        return clone(x)  # ... which the consumer reads (a view of the buffer that inductor inlines)
+        return clone(x)  # ... read by the consumer: inductor inlines this copy as a load of the buffer
 
 
 _register_lowering()
